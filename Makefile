@@ -1,0 +1,30 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: demo test install lint clean
+
+# The venv is rebuilt when pyproject.toml changes. torch==2.13.0 is installed first, on its
+# own, so that pip takes the CPU build (see README: GPU users pick their own torch first).
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "torch==2.13.0"
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $@
+
+install: $(BIN)/.installed
+
+demo: install
+	$(BIN)/rlvr demo
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check rlvr tests benchmarks
+	$(BIN)/ruff format --check rlvr tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs

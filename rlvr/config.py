@@ -1,0 +1,426 @@
+"""Run configuration: dataclasses with one docstring per field, TOML files, dotted overrides.
+
+A run is described by one `Config`. It is read from a TOML file whose tables mirror the
+dataclasses (`[model]`, `[task]`, `[pretrain]`, `[grpo]`, `[eval]`), then command-line
+overrides such as `--grpo.beta 0.02` are applied, then the whole thing is checked. Every
+mistake a user can make (unknown key, wrong type, impossible value) raises `ConfigError`
+with one sentence that names the key and the fix; the CLI prints it and exits with code 2.
+
+    cfg = load_config("recipes/demo.toml", ["--grpo.beta", "0.02"])
+    print(to_toml(cfg))
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import inspect
+import sys
+import typing
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from rlvr.model import ModelConfig
+
+
+class ConfigError(ValueError):
+    """A configuration mistake the user can fix; its message is one sentence."""
+
+
+@dataclass
+class TaskConfig:
+    name: str = "arithmetic"
+    """Procedural task that makes the problems: "arithmetic" or "countdown"."""
+    options: dict = field(default_factory=dict)
+    """Keyword arguments for the task's constructor, e.g. {num_ops = 3} for arithmetic."""
+
+
+@dataclass
+class PretrainConfig:
+    steps: int = 3000
+    """Optimizer steps of next-token training on synthetic solutions (0 skips pretraining)."""
+    batch_size: int = 64
+    """Sequences per optimizer step."""
+    lr: float = 3e-3
+    """Peak AdamW learning rate (linear warmup, cosine decay to lr/10)."""
+    warmup_steps: int = 100
+    """Steps of linear learning-rate warmup."""
+    weight_decay: float = 0.01
+    """AdamW weight decay on matrices (not on norms)."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value (0 turns clipping off)."""
+    think_fraction: float = 0.4
+    """Fraction of examples that show the step-by-step trace; the rest answer directly."""
+    slip_fraction: float = 0.25
+    """Fraction of traces with one arithmetic mistake, so the model learns imperfect thinking."""
+
+
+@dataclass
+class GRPOConfig:
+    steps: int = 60
+    """GRPO steps; each samples num_prompts x group_size completions and updates the policy."""
+    num_prompts: int = 8
+    """Problems per step."""
+    group_size: int = 8
+    """Completions sampled per problem (k); advantages are relative within each group."""
+    max_new_tokens: int = 64
+    """Longest completion; longer ones are cut off (finish reason "length")."""
+    temperature: float = 1.0
+    """Sampling temperature; the learner divides its logits by the same value."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold (1.0 turns it off)."""
+    top_k: int = 0
+    """Sample among the k most likely tokens only (0 turns it off)."""
+    lr: float = 5e-5
+    """AdamW learning rate (constant after warmup)."""
+    warmup_steps: int = 0
+    """Steps of linear learning-rate warmup."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value (0 turns clipping off)."""
+    beta: float = 0.04
+    """Weight of the k3 KL penalty to the frozen reference model (0 loads no reference)."""
+    epsilon: float = 0.2
+    """Lower clip range of the importance ratio: ratio >= 1 - epsilon."""
+    epsilon_high: float = 0.28
+    """Upper clip range of the importance ratio: ratio <= 1 + epsilon_high (DAPO clip-higher)."""
+    num_iterations: int = 2
+    """Optimizer passes (mu) over each sampled batch; old logprobs come from sampling time."""
+    num_minibatches: int = 1
+    """Optimizer steps per pass: the batch of num_prompts x group_size splits into this many."""
+    scale_rewards: bool = True
+    """Divide advantages by the group's reward std (GRPO); false gives Dr. GRPO's mean-only."""
+    format_weight: float = 0.1
+    """Reward weight of the format check (<think>...</think><answer>...</answer>)."""
+    accuracy_weight: float = 1.0
+    """Reward weight of the verifier's accuracy."""
+    eval_every: int = 20
+    """Evaluate on the held-out split every this many GRPO steps (0: only before and after)."""
+
+
+@dataclass
+class EvalConfig:
+    num_problems: int = 500
+    """Held-out problems; 200 give about +-0.05 noise, so use at least 500."""
+    num_samples: int = 8
+    """Samples per problem for pass@k and maj@k (k = num_samples); 0 skips sampled metrics."""
+    temperature: float = 1.0
+    """Temperature of the samples for pass@k and maj@k (greedy accuracy uses 0)."""
+    max_new_tokens: int = 64
+    """Longest evaluated completion."""
+    batch_size: int = 256
+    """Problems per engine call."""
+    num_logged_samples: int = 20
+    """Completions written to samples/ at each evaluation."""
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    """Seed for problems, initialisation and sampling; the same seed gives the same run."""
+    threads: int = 2
+    """torch CPU threads (results are deterministic for a fixed thread count)."""
+    runs_dir: str = "runs"
+    """Folder that holds run folders; each run gets runs_dir/<name>-<time> unless run_dir is set."""
+    name: str = "run"
+    """Run name, used in the run folder's name."""
+    run_dir: str = ""
+    """Exact run folder (the CLI's --out); overrides runs_dir and name."""
+    init_from: str = ""
+    """Run folder or checkpoint folder to start from instead of pretraining from scratch."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# ----------------------------------------------------------------------------- field docs
+
+
+@cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The string literal written under each dataclass field, keyed by field name."""
+    docs: dict[str, str] = {}
+    try:
+        tree = ast.parse(inspect.getsource(cls))
+    except (OSError, TypeError):
+        return docs
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    for node, nxt in zip(body, body[1:]):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, Any, str]]:
+    """(dotted key, type name, default, doc) for every leaf field; feeds `rlvr train --help`."""
+    rows = []
+    hints = typing.get_type_hints(cls)
+    default = cls()
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        value = getattr(default, f.name)
+        if dataclasses.is_dataclass(kind):
+            rows += describe(kind, f"{prefix}{f.name}.")
+        else:
+            rows.append((prefix + f.name, _type_name(kind), value, field_docs(cls).get(f.name, "")))
+    return rows
+
+
+def _type_name(kind: Any) -> str:
+    return getattr(kind, "__name__", str(kind))
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a TOML file (or the defaults), apply `--a.b value` overrides, and validate."""
+    data: dict = {}
+    where = "the defaults"
+    if path is not None:
+        path = Path(path)
+        where = str(path)
+        if not path.is_file():
+            raise ConfigError(f"Config file {path} does not exist; pass the path of a TOML file.")
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"Config file {path} is not valid TOML ({e}); fix that line.") from e
+    cfg = Config()
+    _apply(cfg, data, "", where)
+    return apply_overrides(cfg, overrides or [])
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply `--a.b value` command-line overrides to `cfg` in place, then validate it."""
+    for key, raw in parse_overrides(overrides):
+        _set_dotted(cfg, key, raw)
+    validate(cfg)
+    return cfg
+
+
+def parse_overrides(args: list[str]) -> list[tuple[str, str]]:
+    """['--grpo.beta', '0.02', '--seed=3'] -> [('grpo.beta', '0.02'), ('seed', '3')]."""
+    pairs = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"Unexpected argument {arg!r}; overrides look like --grpo.beta 0.02.")
+        key = arg[2:]
+        if "=" in key:
+            key, raw = key.split("=", 1)
+            i += 1
+        elif i + 1 < len(args):
+            raw = args[i + 1]
+            i += 2
+        else:
+            raise ConfigError(f"Override --{key} has no value; write --{key} VALUE.")
+        pairs.append((key, raw))
+    return pairs
+
+
+def _apply(obj: Any, data: dict, prefix: str, where: str) -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = [f.name for f in dataclasses.fields(obj)]
+    for key, value in data.items():
+        dotted = prefix + key
+        if key not in names:
+            raise ConfigError(f"Unknown config key {dotted!r} in {where}{_suggest(key, names)}.")
+        kind = hints[key]
+        if dataclasses.is_dataclass(kind):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{dotted!r} in {where} must be a table ([{dotted}]).")
+            _apply(getattr(obj, key), value, dotted + ".", where)
+        else:
+            setattr(obj, key, _coerce(value, kind, dotted, where))
+
+
+def _set_dotted(cfg: Config, key: str, raw: str) -> None:
+    obj: Any = cfg
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        names = [f.name for f in dataclasses.fields(obj)]
+        if part not in names:
+            dotted = ".".join(parts[: i + 1])
+            raise ConfigError(
+                f"Unknown config key {dotted!r} on the command line{_suggest(part, names)}."
+            )
+        kind = typing.get_type_hints(type(obj))[part]
+        if i == len(parts) - 1:
+            if dataclasses.is_dataclass(kind):
+                raise ConfigError(
+                    f"{key!r} is a table; override one of its keys, e.g. --{key}.{dataclasses.fields(kind)[0].name}."
+                )
+            setattr(obj, part, _coerce(_parse_scalar(raw, kind), kind, key, "the command line"))
+        elif not dataclasses.is_dataclass(kind):
+            raise ConfigError(
+                f"{'.'.join(parts[: i + 1])!r} is not a table, so {key!r} does not exist."
+            )
+        else:
+            obj = getattr(obj, part)
+
+
+def _parse_scalar(raw: str, kind: Any) -> Any:
+    """Command-line text -> a TOML value, so overrides and files share one type check."""
+    if kind is str:
+        return raw
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw  # left as text; _coerce names the expected type
+
+
+def _coerce(value: Any, kind: Any, key: str, where: str) -> Any:
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is dict and isinstance(value, dict):
+        return value
+    ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+    if not ok:
+        raise ConfigError(
+            f"{key!r} in {where} must be {_article(kind)} {_type_name(kind)}, got {value!r}."
+        )
+    return value
+
+
+def _article(kind: Any) -> str:
+    return "an" if _type_name(kind)[0] in "aeiou" else "a"
+
+
+def _suggest(key: str, names: list[str]) -> str:
+    close = difflib.get_close_matches(key, names, n=1)
+    if close:
+        return f"; did you mean {close[0]!r}?"
+    return f"; known keys are {', '.join(names)}"
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def validate(cfg: Config) -> None:
+    """Reject impossible values before any work starts."""
+    from rlvr.tasks import TASKS
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(message)
+
+    m, p, g, e = cfg.model, cfg.pretrain, cfg.grpo, cfg.eval
+    need(cfg.threads >= 1, "threads must be at least 1; set threads = 2.")
+    need(
+        cfg.task.name in TASKS,
+        f"task.name {cfg.task.name!r} is not a task; choose one of {', '.join(TASKS)}.",
+    )
+    need(
+        m.hidden_size % m.num_attention_heads == 0,
+        "model.hidden_size must divide by model.num_attention_heads; change one of them.",
+    )
+    need(
+        m.num_attention_heads % m.num_key_value_heads == 0,
+        "model.num_attention_heads must divide by model.num_key_value_heads; change one of them.",
+    )
+    need(
+        (m.hidden_size // m.num_attention_heads) % 2 == 0,
+        "model.hidden_size / model.num_attention_heads (the head size) must be even for RoPE.",
+    )
+    for key, value in [
+        ("pretrain.steps", p.steps),
+        ("grpo.steps", g.steps),
+        ("pretrain.warmup_steps", p.warmup_steps),
+        ("grpo.warmup_steps", g.warmup_steps),
+        ("grpo.eval_every", g.eval_every),
+        ("eval.num_samples", e.num_samples),
+    ]:
+        need(value >= 0, f"{key} must be 0 or more, got {value}.")
+    for key, value in [
+        ("pretrain.batch_size", p.batch_size),
+        ("pretrain.lr", p.lr),
+        ("grpo.lr", g.lr),
+        ("grpo.num_prompts", g.num_prompts),
+        ("grpo.max_new_tokens", g.max_new_tokens),
+        ("grpo.num_iterations", g.num_iterations),
+        ("grpo.num_minibatches", g.num_minibatches),
+        ("eval.num_problems", e.num_problems),
+        ("eval.max_new_tokens", e.max_new_tokens),
+        ("eval.batch_size", e.batch_size),
+    ]:
+        need(value > 0, f"{key} must be greater than 0, got {value}.")
+    need(
+        g.group_size >= 2,
+        f"grpo.group_size must be at least 2 (advantages compare samples within a group), got {g.group_size}.",
+    )
+    batch = g.num_prompts * g.group_size
+    need(
+        batch % g.num_minibatches == 0 and (batch // g.num_minibatches) % g.group_size == 0,
+        f"grpo.num_minibatches = {g.num_minibatches} does not split {g.num_prompts} prompts x {g.group_size} samples into whole groups; use a divisor of grpo.num_prompts ({g.num_prompts}).",
+    )
+    need(
+        g.temperature > 0,
+        "grpo.temperature must be above 0 (GRPO samples; greedy decoding gives identical groups).",
+    )
+    need(e.temperature >= 0, "eval.temperature must be 0 or more.")
+    need(0 < g.top_p <= 1, f"grpo.top_p must be in (0, 1], got {g.top_p}.")
+    need(g.top_k >= 0, f"grpo.top_k must be 0 (off) or more, got {g.top_k}.")
+    need(g.beta >= 0, f"grpo.beta must be 0 or more, got {g.beta}.")
+    need(0 <= g.epsilon < 1, f"grpo.epsilon must be in [0, 1), got {g.epsilon}.")
+    need(g.epsilon_high >= 0, f"grpo.epsilon_high must be 0 or more, got {g.epsilon_high}.")
+    for key, value in [
+        ("pretrain.think_fraction", p.think_fraction),
+        ("pretrain.slip_fraction", p.slip_fraction),
+    ]:
+        need(0 <= value <= 1, f"{key} must be a fraction in [0, 1], got {value}.")
+    need(e.num_samples != 1, "eval.num_samples must be 0 (off) or at least 2 for pass@k and maj@k.")
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def to_toml(cfg: Config) -> str:
+    """The resolved config as TOML, readable back by `load_config`."""
+    lines: list[str] = []
+    tables: list[tuple[str, Any]] = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            tables.append((f.name, value))
+        else:
+            lines.append(f"{f.name} = {_toml_value(value)}")
+    for name, obj in tables:
+        lines.append(f"\n[{name}]")
+        for f in dataclasses.fields(obj):
+            lines.append(f"{f.name} = {_toml_value(getattr(obj, f.name))}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)

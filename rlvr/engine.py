@@ -1,0 +1,187 @@
+"""The sampling engine: batched, KV-cached generation that speaks token ids only.
+
+Each distinct prompt is prefilled once (prompts left-padded into one batch), its cache is
+copied into `num_samples` rows, and all rows then decode together, one token per step.
+Rows that finish are dropped from the batch when enough of them have, so late steps do
+not pay for finished sequences.
+
+    engine = Engine(model, pad_id=0)
+    completions = engine.generate([[5, 6, 7], [8, 9]], num_samples=4, max_new_tokens=32,
+                                  temperature=1.0, stop_token_ids=[eos_id])
+
+Run `python benchmarks/engine_speed.py` for its speed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from rlvr.model import KVCache, Transformer
+
+
+@dataclass
+class Completion:
+    """One sampled continuation of one prompt."""
+
+    prompt_index: int
+    """Index of the prompt in the list given to `generate`."""
+    sample_index: int
+    """Which of that prompt's `num_samples` samples this is."""
+    token_ids: list[int]
+    """The new tokens, including the stop token or stop sequence that ended them."""
+    logprobs: list[float]
+    """Per new token: log-softmax of logits / temperature at the chosen token, taken before
+    top-k/top-p truncation (of the raw logits when temperature is 0)."""
+    finish_reason: str
+    """"stop" (a stop token or stop sequence) or "length" (max_new_tokens reached)."""
+
+
+class Engine:
+    """Samples completions from a `Transformer`; prompts and outputs are token id lists."""
+
+    def __init__(self, model: Transformer, pad_id: int):
+        self.model = model
+        self.pad_id = pad_id
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompts: list[list[int]],
+        *,
+        num_samples: int = 1,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        stop_token_ids: Sequence[int] = (),
+        stop_sequences: Sequence[Sequence[int]] = (),
+        generator: torch.Generator | None = None,
+    ) -> list[Completion]:
+        """`num_samples` completions per prompt, ordered prompt by prompt (group-major).
+
+        temperature 0 is greedy decoding; top_k 0 and top_p 1.0 turn those filters off. A
+        completion ends at a stop token, at the end of a stop sequence, or after
+        `max_new_tokens` tokens. The same `generator` seed gives the same completions.
+        """
+        model = self.model
+        config = model.config
+        param = next(model.parameters())
+        device = param.device
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise ValueError("generate needs at least one prompt, and every prompt needs a token.")
+        if num_samples < 1 or max_new_tokens < 1:
+            raise ValueError("num_samples and max_new_tokens must be at least 1.")
+        prompt_len = max(len(p) for p in prompts)
+        if prompt_len + max_new_tokens > config.max_position_embeddings:
+            raise ValueError(
+                f"Longest prompt ({prompt_len} tokens) + max_new_tokens ({max_new_tokens}) "
+                f"exceeds the model's max_position_embeddings ({config.max_position_embeddings}); "
+                "shorten the prompt or lower max_new_tokens."
+            )
+
+        # Prefill every distinct prompt once, left-padded so all of them end in the same slot.
+        num_prompts = len(prompts)
+        input_ids = torch.full((num_prompts, prompt_len), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((num_prompts, prompt_len), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            input_ids[i, prompt_len - len(p) :] = torch.tensor(p, dtype=torch.long)
+            attention_mask[i, prompt_len - len(p) :] = 1
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+        cache = KVCache.create(model, num_prompts, prompt_len + max_new_tokens)
+        logits = model(input_ids, attention_mask, cache=cache)[:, -1]  # (P, V)
+
+        # Copy each prompt's cache into num_samples rows; all N rows decode from here.
+        cache.repeat_interleave(num_samples)
+        logits = logits.repeat_interleave(num_samples, dim=0)  # (N, V)
+        num_rows = num_prompts * num_samples
+        position = attention_mask.sum(-1).repeat_interleave(num_samples)[:, None]  # (N, 1)
+
+        stop_ids = torch.tensor(list(stop_token_ids), dtype=torch.long, device=device)
+        stop_seqs = [torch.tensor(list(s), dtype=torch.long, device=device) for s in stop_sequences]
+        stop_seqs = [s for s in stop_seqs if len(s) > 0]
+        tokens = torch.full(
+            (num_rows, max_new_tokens), self.pad_id, dtype=torch.long, device=device
+        )
+        logprobs = torch.zeros((num_rows, max_new_tokens), device=device)
+        lengths = torch.full((num_rows,), max_new_tokens, dtype=torch.long, device=device)
+        stopped = torch.zeros(num_rows, dtype=torch.bool, device=device)  # ended by a stop
+
+        rows = torch.arange(num_rows, device=device)  # original row of each active row
+        done = torch.zeros(num_rows, dtype=torch.bool, device=device)  # per active row
+        for step in range(max_new_tokens):
+            token, logprob = sample(logits, temperature, top_k, top_p, generator)  # (n,), (n,)
+            tokens[rows, step] = token
+            logprobs[rows, step] = logprob
+
+            hit = torch.isin(token, stop_ids) if len(stop_ids) else torch.zeros_like(done)
+            for seq in stop_seqs:
+                if step + 1 >= len(seq):
+                    recent = tokens[rows, step + 1 - len(seq) : step + 1]  # (n, len(seq))
+                    hit |= (recent == seq).all(-1)
+            hit &= ~done
+            if hit.any():
+                lengths[rows[hit]] = step + 1
+                stopped[rows[hit]] = True
+                done |= hit
+                if bool(done.all()):
+                    break
+                # Drop finished rows once they are a quarter of the batch: select_rows copies
+                # the whole cache, so compacting on every single finish would not pay.
+                if int(done.sum()) * 4 >= len(done):
+                    keep = (~done).nonzero().squeeze(1)
+                    rows, done, token = rows[keep], done[keep], token[keep]
+                    position = position[keep]
+                    cache.select_rows(keep)
+            if step + 1 == max_new_tokens:
+                break
+            logits = model(token[:, None], position_ids=position, cache=cache)[:, -1]
+            position = position + 1
+
+        token_lists, logprob_lists = tokens.tolist(), logprobs.tolist()
+        lengths_list, stopped_list = lengths.tolist(), stopped.tolist()
+        return [
+            Completion(
+                prompt_index=row // num_samples,
+                sample_index=row % num_samples,
+                token_ids=token_lists[row][: lengths_list[row]],
+                logprobs=logprob_lists[row][: lengths_list[row]],
+                finish_reason="stop" if stopped_list[row] else "length",
+            )
+            for row in range(num_rows)
+        ]
+
+
+def sample(
+    logits: torch.Tensor,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw one token per row of logits (n, V); return the tokens (n,) and their logprobs (n,)
+    under softmax(logits / temperature) before truncation (raw logits when greedy)."""
+    if temperature == 0:
+        token = logits.argmax(-1)
+        logprob = F.log_softmax(logits, -1).gather(-1, token[:, None]).squeeze(-1)
+        return token, logprob
+    logp = F.log_softmax(logits / temperature, -1)  # (n, V)
+    truncated = logp
+    if 0 < top_k < logp.shape[-1]:
+        kth = logp.topk(top_k, dim=-1).values[:, -1:]  # (n, 1)
+        truncated = truncated.masked_fill(truncated < kth, float("-inf"))
+    if top_p < 1.0:
+        # Keep the smallest set of most likely tokens whose probability reaches top_p.
+        sorted_probs, order = truncated.softmax(-1).sort(-1, descending=True)  # (n, V)
+        mass_before = sorted_probs.cumsum(-1) - sorted_probs
+        drop = torch.empty_like(order, dtype=torch.bool).scatter_(-1, order, mass_before >= top_p)
+        truncated = truncated.masked_fill(drop, float("-inf"))
+    # Inverse-CDF sampling: one uniform number per row (drawing one per vocabulary entry,
+    # as Gumbel-max does, costs more than the rest of the step's sampling together).
+    cdf = truncated.exp().cumsum(-1)  # (n, V), unnormalized after truncation
+    u = torch.rand((len(cdf), 1), generator=generator, device=cdf.device) * cdf[:, -1:]
+    token = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
+    return token, logp.gather(-1, token[:, None]).squeeze(-1)

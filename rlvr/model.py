@@ -1,0 +1,313 @@
+"""The language model: a Llama-family decoder in one file, plus its KV cache.
+
+RoPE (Hugging Face convention: `rotate_half` over two halves), RMSNorm, a SwiGLU MLP,
+grouped-query attention, optional q/k/v biases (Qwen2) and optional tied embeddings.
+Parameter names are exactly those of Hugging Face `LlamaForCausalLM` / `Qwen2ForCausalLM`,
+so a state dict moves between the two without renaming. The model knows nothing about
+tasks, text or training: token ids in, logits out.
+
+    config = ModelConfig()                     # ~1.1M parameters
+    model = Transformer(config)
+    logits = model(input_ids)                  # (B, T) -> (B, T, vocab_size)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class ModelConfig:
+    """Architecture hyperparameters, named as in a Hugging Face `config.json`."""
+
+    vocab_size: int = 104
+    """Number of token ids the embedding and the output layer cover."""
+    hidden_size: int = 128
+    """Width of the residual stream."""
+    intermediate_size: int = 352
+    """Width of the SwiGLU MLP's hidden layer."""
+    num_hidden_layers: int = 6
+    """Number of transformer blocks."""
+    num_attention_heads: int = 4
+    """Number of query heads; hidden_size must be a multiple of it."""
+    num_key_value_heads: int = 2
+    """Number of key/value heads (grouped-query attention); must divide num_attention_heads."""
+    max_position_embeddings: int = 256
+    """Longest sequence (prompt + completion) the model accepts, in tokens."""
+    rope_theta: float = 10000.0
+    """Base of the rotary position embedding frequencies."""
+    rms_norm_eps: float = 1e-5
+    """Epsilon inside RMSNorm's square root."""
+    tie_word_embeddings: bool = True
+    """Share one matrix between the input embedding and the output layer (lm_head)."""
+    attention_bias: bool = False
+    """Give the q/k/v projections a bias (Qwen2 does; Llama does not)."""
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not a multiple of "
+                f"num_attention_heads {self.num_attention_heads}."
+            )
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"num_key_value_heads {self.num_key_value_heads} must divide "
+                f"num_attention_heads {self.num_attention_heads}."
+            )
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one attention head."""
+        return self.hidden_size // self.num_attention_heads
+
+
+class KVCache:
+    """Keys and values of the tokens seen so far, preallocated for `max_len` slots.
+
+    Every row writes its t-th token into slot t, so all rows share one `length`. Prompts
+    of different lengths are left-padded; `mask` marks which slots hold real tokens, and
+    padded slots are never attended to. Keys are stored once per key/value head (not
+    repeated for grouped-query attention).
+    """
+
+    def __init__(self, k: list[torch.Tensor], v: list[torch.Tensor], mask: torch.Tensor):
+        self.k = k  # per layer: (B, num_key_value_heads, max_len, head_dim)
+        self.v = v  # per layer: (B, num_key_value_heads, max_len, head_dim)
+        self.mask = mask  # (B, max_len) bool: the slot holds a real token
+        self.length = 0  # slots filled so far
+
+    @classmethod
+    def create(
+        cls,
+        model: Transformer,
+        batch_size: int,
+        max_len: int,
+        dtype: torch.dtype | None = None,
+    ) -> KVCache:
+        """An empty cache for `batch_size` rows of up to `max_len` tokens each."""
+        config = model.config
+        param = next(model.parameters())
+        dtype = dtype or param.dtype
+        shape = (batch_size, config.num_key_value_heads, max_len, config.head_dim)
+        layers = range(config.num_hidden_layers)
+        k = [torch.zeros(shape, dtype=dtype, device=param.device) for _ in layers]
+        v = [torch.zeros(shape, dtype=dtype, device=param.device) for _ in layers]
+        mask = torch.zeros(batch_size, max_len, dtype=torch.bool, device=param.device)
+        return cls(k, v, mask)
+
+    @property
+    def batch_size(self) -> int:
+        return self.mask.shape[0]
+
+    @property
+    def max_len(self) -> int:
+        return self.mask.shape[1]
+
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write (B, num_kv_heads, T, head_dim) keys/values after the filled slots; return all
+        keys/values up to and including them. `Transformer.forward` advances `length`."""
+        end = self.length + k.shape[2]
+        self.k[layer][:, :, self.length : end] = k
+        self.v[layer][:, :, self.length : end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+    def repeat_interleave(self, n: int) -> None:
+        """Expand each row into `n` consecutive rows (in place): prefill a prompt once, then
+        sample `n` completions of it."""
+        self._apply(lambda t: t.repeat_interleave(n, dim=0))
+
+    def select_rows(self, index: torch.Tensor) -> None:
+        """Keep only the rows in `index` (in place), e.g. to drop finished sequences."""
+        self._apply(lambda t: t.index_select(0, index))
+
+    def _apply(self, fn) -> None:
+        self.k = [fn(t) for t in self.k]
+        self.v = [fn(t) for t in self.v]
+        self.mask = fn(self.mask)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """(x1, x2) -> (-x2, x1) over the two halves of the last dimension (HF Llama convention)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        bias = config.attention_bias
+        kv_size = self.num_kv_heads * self.head_dim
+        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=bias)
+        self.k_proj = nn.Linear(config.hidden_size, kv_size, bias=bias)
+        self.v_proj = nn.Linear(config.hidden_size, kv_size, bias=bias)
+        self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # (B, T, hidden_size)
+        cos: torch.Tensor,  # (B, 1, T, head_dim)
+        sin: torch.Tensor,  # (B, 1, T, head_dim)
+        attn_mask: torch.Tensor | None,  # (B, 1, T, S) additive: 0 or -inf; None = causal
+        cache: KVCache | None,
+        layer: int,
+    ) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # (B, num_kv_heads, S, head_dim)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=attn_mask,
+            is_causal=attn_mask is None,
+            enable_gqa=self.num_kv_heads != self.num_heads,
+        )  # (B, num_heads, T, head_dim)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.input_layernorm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.self_attn = Attention(config)
+        self.post_attention_layernorm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cos, sin, attn_mask, cache, layer):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attn_mask, cache, layer)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Decoder(nn.Module):
+    """The body, named `model` inside `Transformer` as in Hugging Face checkpoints."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.num_hidden_layers))
+        self.norm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+
+class Transformer(nn.Module):
+    """Llama-family causal language model: token ids (B, T) -> next-token logits (B, T, V)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.model = Decoder(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        # Rotary tables for every position, computed once in float32 (not saved: HF has none).
+        d = config.head_dim
+        inv_freq = 1.0 / config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float32) / d)
+        angles = torch.outer(torch.arange(config.max_position_embeddings).float(), inv_freq)
+        angles = torch.cat((angles, angles), dim=-1)  # (max_position_embeddings, head_dim)
+        self.register_buffer("rope_cos", angles.cos(), persistent=False)
+        self.register_buffer("rope_sin", angles.sin(), persistent=False)
+        self.apply(self._init_weights)
+        # Scale the residual projections by depth (GPT-2) so the stream's variance stays put.
+        for name, p in self.named_parameters():
+            if name.endswith(("o_proj.weight", "down_proj.weight")):
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * config.num_hidden_layers))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_parameters(self) -> int:
+        """Number of distinct parameters (a tied embedding counts once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """Logits (B, T, vocab_size), float32, for token ids (B, T).
+
+        attention_mask: (B, T) 1 for real tokens, 0 for padding (left or right); padded keys
+            are never attended to. None means no padding.
+        position_ids: (B, T); by default each real token's index among the real tokens of
+            its row (padding included in the cache, if any), so padding does not shift RoPE.
+        cache: if given, attend to the cached tokens too and append these ones to it.
+        """
+        B, T = input_ids.shape
+        start = cache.length if cache is not None else 0
+        end = start + T
+        if cache is not None and end > cache.max_len:
+            raise ValueError(f"KV cache holds {cache.max_len} tokens; this call needs {end}.")
+        if end > self.config.max_position_embeddings:
+            raise ValueError(
+                f"Sequence of {end} tokens exceeds max_position_embeddings "
+                f"{self.config.max_position_embeddings}."
+            )
+
+        # Which key slots hold real tokens: (B, S) with S = end, or None if all of them do.
+        if cache is not None:
+            new = attention_mask.bool() if attention_mask is not None else True
+            cache.mask[:, start:end] = new
+            key_valid = cache.mask[:, :end]
+        else:
+            key_valid = attention_mask.bool() if attention_mask is not None else None
+
+        if position_ids is None:
+            if key_valid is None:
+                position_ids = torch.arange(T, device=input_ids.device).expand(B, T)
+            else:
+                position_ids = (key_valid.long().cumsum(-1)[:, start:] - 1).clamp(min=0)
+
+        x = self.model.embed_tokens(input_ids)  # (B, T, hidden_size)
+        if key_valid is None:
+            attn_mask = None  # plain causal attention: the fast path
+        else:
+            # Causal and no padded keys; a query may always see itself, so a padded query
+            # row (no real key before it) gives finite garbage rather than NaN.
+            q_slot = torch.arange(start, end, device=input_ids.device)[:, None]  # (T, 1)
+            k_slot = torch.arange(end, device=input_ids.device)[None, :]  # (1, S)
+            allowed = (key_valid[:, None, :] & (k_slot <= q_slot)) | (k_slot == q_slot)
+            # As an additive float mask built once here (SDPA would convert a bool mask in
+            # every layer): 0 where allowed, -inf elsewhere.
+            attn_mask = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device)
+            attn_mask = attn_mask.masked_fill_(~allowed, float("-inf"))[:, None]  # (B, 1, T, S)
+
+        cos = self.rope_cos[position_ids].to(x.dtype)[:, None]  # (B, 1, T, head_dim)
+        sin = self.rope_sin[position_ids].to(x.dtype)[:, None]
+        for i, block in enumerate(self.model.layers):
+            x = block(x, cos, sin, attn_mask, cache, i)
+        if cache is not None:
+            cache.length = end
+        return self.lm_head(self.model.norm(x)).float()

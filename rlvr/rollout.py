@@ -1,0 +1,104 @@
+"""Where sampling meets verification: problems in, scored episodes out.
+
+The engine speaks token ids, the tasks speak text; this room turns one into the other.
+Each problem is prompted once and sampled `num_samples` times (a GRPO group); every
+completion is decoded, verified by its task and scored:
+
+    reward = accuracy_weight * accuracy + format_weight * format
+
+Every episode carries the `policy_version` that sampled it, so a learner can tell how stale
+it is (synchronous training is staleness 0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from rlvr.engine import Engine
+from rlvr.tasks import Problem
+from rlvr.tokenizer import EMPTY_THINK, CharTokenizer, format_prompt
+from rlvr.verifiers import Verdict
+
+
+@dataclass
+class Episode:
+    problem: Problem
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    logprobs: list[float]
+    """Per completion token, from the sampler (the "old" policy of the PPO ratio)."""
+    finish_reason: str
+    policy_version: int
+    response: str
+    """The response text after the prompt, starting at <think> (prefill included)."""
+    verdict: Verdict
+    reward: float
+
+    @property
+    def thought(self) -> bool:
+        """Whether the response has a non-empty think block."""
+        start = self.response.find("<think>")
+        end = self.response.find("</think>")
+        return start == 0 and end > len("<think>") and self.response[7:end].strip() != ""
+
+
+def prompt_text(problem: Problem, think: bool | None) -> str:
+    """The prompt for a problem; think=False prefills an empty think block (the ablation)."""
+    text = format_prompt(problem.prompt)
+    return text + EMPTY_THINK if think is False else text
+
+
+def rollout(
+    engine: Engine,
+    tokenizer: CharTokenizer,
+    task,
+    problems: Sequence[Problem],
+    *,
+    num_samples: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    generator: torch.Generator | None = None,
+    policy_version: int = 0,
+    think: bool | None = None,
+    accuracy_weight: float = 1.0,
+    format_weight: float = 0.0,
+) -> list[Episode]:
+    """Sample `num_samples` completions per problem and score each; group-major order."""
+    prefill = EMPTY_THINK if think is False else ""
+    prompts = [tokenizer.encode(prompt_text(p, think)) for p in problems]
+    completions = engine.generate(
+        prompts,
+        num_samples=num_samples,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        stop_token_ids=[tokenizer.eos_id],
+        generator=generator,
+    )
+    episodes = []
+    for c in completions:
+        problem = problems[c.prompt_index]
+        response = prefill + tokenizer.decode(c.token_ids)
+        verdict = task.verify(response, problem)
+        accuracy = verdict.components.get("accuracy", verdict.reward)
+        fmt = verdict.components.get("format", 0.0)
+        episodes.append(
+            Episode(
+                problem=problem,
+                prompt_ids=prompts[c.prompt_index],
+                completion_ids=c.token_ids,
+                logprobs=c.logprobs,
+                finish_reason=c.finish_reason,
+                policy_version=policy_version,
+                response=response,
+                verdict=verdict,
+                reward=accuracy_weight * accuracy + format_weight * fmt,
+            )
+        )
+    return episodes
