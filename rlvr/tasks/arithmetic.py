@@ -68,12 +68,18 @@ class ArithmeticTask(Task):
     name: ClassVar[str] = "arithmetic"
 
     num_ops: int = 3
+    ops: str = ""
+    """A fixed operator pattern, e.g. "+*-" for a+b*c-d; empty draws num_ops at random."""
     add_min: int = 10
     add_max: int = 99
     mul_min: int = 2
     mul_max: int = 9
 
     def __post_init__(self) -> None:
+        if self.ops:
+            if set(self.ops) - set("+-*") or "*" not in self.ops:
+                raise ValueError(f"ops must use + - * with at least one *, got {self.ops!r}.")
+            self.num_ops = len(self.ops)
         if self.num_ops < 1:
             raise ValueError(f"num_ops must be at least 1, got {self.num_ops}.")
         # Operands are positive so that a slipped step always changes the final answer
@@ -95,13 +101,14 @@ class ArithmeticTask(Task):
 
     def space_size(self) -> int:
         total = 0
-        for ops in itertools.product("+-*", repeat=self.num_ops):
+        patterns = [tuple(self.ops)] if self.ops else itertools.product("+-*", repeat=self.num_ops)
+        for ops in patterns:
             if "*" in ops:
                 total += math.prod(hi - lo + 1 for lo, hi in self._ranges(ops))
         return total
 
     def sample(self, rng: random.Random) -> tuple[str, str, dict[str, Any]]:
-        ops = [rng.choice("+-*") for _ in range(self.num_ops)]
+        ops = list(self.ops) or [rng.choice("+-*") for _ in range(self.num_ops)]
         while "*" not in ops:
             ops = [rng.choice("+-*") for _ in range(self.num_ops)]
         operands = [rng.randint(lo, hi) for lo, hi in self._ranges(ops)]
