@@ -58,20 +58,27 @@ def save_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
 
-    weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    if model.config.tie_word_embeddings:
-        weights.pop("lm_head.weight", None)  # shared with embed_tokens, as Hugging Face saves it
-    save_file(weights, str(tmp / WEIGHTS), metadata={"format": "pt"})
-    dtype = next(model.parameters()).dtype
-    (tmp / "config.json").write_text(
-        json.dumps(hf_config(model.config, tokenizer, dtype), indent=2)
-    )
-    tokenizer.save(tmp)
-    (tmp / "rlvr_config.toml").write_text(to_toml(config))
-    (tmp / "state.json").write_text(json.dumps(state or {}, indent=2))
-    for f in tmp.iterdir():
-        with open(f, "rb+") as fh:
-            os.fsync(fh.fileno())
+    try:
+        weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        if model.config.tie_word_embeddings:
+            weights.pop(
+                "lm_head.weight", None
+            )  # shared with embed_tokens, as Hugging Face saves it
+        save_file(weights, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        dtype = next(model.parameters()).dtype
+        (tmp / "config.json").write_text(
+            json.dumps(hf_config(model.config, tokenizer, dtype), indent=2)
+        )
+        tokenizer.save(tmp)
+        (tmp / "rlvr_config.toml").write_text(to_toml(config))
+        (tmp / "state.json").write_text(json.dumps(state or {}, indent=2))
+        for f in tmp.iterdir():
+            with open(f, "rb+") as fh:
+                os.fsync(fh.fileno())
+
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # the previous checkpoint stays as it was
+        raise
 
     old = path.with_name(f".{path.name}.old-{os.getpid()}")
     if path.exists():

@@ -3,6 +3,8 @@
     rlvr demo [--out DIR] [--key value ...]        pretrain -> eval -> GRPO -> eval, on the CPU
     rlvr train CONFIG.toml [--out DIR] [--key value ...]
     rlvr eval RUN_DIR [--key value ...]            re-evaluate a saved checkpoint
+    rlvr verify INPUT.jsonl [--verifier math|code|puzzle:NAME] [--output OUT.jsonl]
+                                                   grade a file of model outputs offline
     rlvr train --help                              every config key with its meaning
 
 Overrides are dotted config keys: `--grpo.beta 0.02`, `--pretrain.steps=500`. A mistake in
@@ -53,6 +55,16 @@ def _parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluate a run's checkpoint on the held-out split")
     ev.add_argument("run_dir", help="a run folder or a checkpoint folder")
     ev.add_argument("--output", help="also write the metrics to this JSON file")
+
+    verify = sub.add_parser("verify", help="grade a JSONL file of model outputs (math, code, puzzles)")
+    verify.add_argument("input", help="JSONL: one {completion, answer|tests|problem} object per line")
+    verify.add_argument("--verifier", default="math",
+                        help="math, code or puzzle:NAME, for lines that name none (default math)")  # fmt: skip
+    verify.add_argument("--output", help="write graded lines here (default: stdout)")
+    verify.add_argument("--workers", type=int, default=2, help="verifier worker processes")
+    verify.add_argument("--partial", action="store_true",
+                        help="reward partial credit (fraction of tests passed, puzzle scores)")  # fmt: skip
+    verify.add_argument("--timeout", type=float, default=10.0, help="seconds per item")
     return parser
 
 
@@ -65,6 +77,13 @@ def main(argv: list[str] | None = None) -> int:
             return _train(Path(args.config), args.out, overrides)
         if args.command == "eval":
             return _eval(Path(args.run_dir), args.output, overrides)
+        if args.command == "verify":
+            if overrides:
+                raise ConfigError(f"Unexpected arguments {' '.join(overrides)}; see rlvr verify --help.")
+            from rlvr.verify_cli import run_verify
+
+            return run_verify(args.input, args.verifier, args.output, args.workers,
+                              args.partial, args.timeout)  # fmt: skip
     except ConfigError as e:
         if args.debug:
             raise

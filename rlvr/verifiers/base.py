@@ -25,12 +25,16 @@ class Verdict:
     status: one of STATUSES.
     components: named partial scores in [0, 1], e.g. {"accuracy": 1.0, "format": 1.0}.
     reason: a short human-readable explanation, for logs and debugging.
+    passed/total: for test-based verifiers (code), how many tests passed of how many;
+        None for the others.
     """
 
     reward: float
     status: str
     components: dict[str, float] = field(default_factory=dict)
     reason: str = ""
+    passed: int | None = None
+    total: int | None = None
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:

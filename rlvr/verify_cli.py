@@ -1,0 +1,169 @@
+"""`rlvr verify`: grade a JSONL file of model outputs offline.
+
+    rlvr verify outputs.jsonl --verifier math --output graded.jsonl --workers 2
+
+Each input line is a JSON object with `completion` plus what its verifier needs:
+    math          {"completion": "... \\boxed{42}", "answer": "42"}
+    code          {"completion": "```python ...```", "tests": {...}}
+    puzzle:NAME   {"completion": "...", "answer": "...", "problem": {...}}  (reasoning-gym)
+A line may name its own `verifier`; otherwise --verifier (default math) applies. Each output
+line is the input object plus `reward`, `status` and `reason` (code adds `passed`, `total`),
+in input order. A line that is not a JSON object, or lacks a field, gets status "error" with
+its line number; the others are still graded. Blank lines are skipped. A summary (count per
+status, items/s) goes to stderr.
+
+Plain-number math answers are graded in this process (pure Python); everything else runs in
+a VerifierPool, so sympy and sandboxed code never run here.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from rlvr.verifiers.base import STATUSES, Verdict
+
+DEFAULT_TIMEOUT_S = 10.0  # per item; the sandbox's own limits are inside this
+
+
+def _error(reason: str) -> Verdict:
+    return Verdict(0.0, "error", {}, reason)
+
+
+# --- adapters that run inside pool workers (module-level so they pickle by name) --------------
+
+
+def grade_code(completion: str, tests: Any, partial: bool) -> Verdict:
+    """The code verifier (rlvr.verifiers.code, imported lazily in the worker)."""
+    try:
+        from rlvr.verifiers import code
+    except ImportError as exc:
+        return _error(f"the code verifier is not available ({exc})")
+    verify_code = getattr(code, "verify_code", None)
+    if verify_code is None:
+        return _error("the code verifier is not available (rlvr.verifiers.code.verify_code)")
+    return verify_code(completion, tests, partial=partial)
+
+
+def grade_puzzle(name: str, completion: str, line: dict, partial: bool) -> Verdict:
+    """A reasoning-gym puzzle (rlvr.verifiers.puzzles, imported lazily in the worker)."""
+    try:
+        from rlvr.verifiers import puzzles
+    except ImportError as exc:
+        return _error(f"the puzzle verifier is not available ({exc})")
+    verify_puzzle = getattr(puzzles, "verify_puzzle", None)
+    if verify_puzzle is None:
+        return _error("the puzzle verifier is not available (rlvr.verifiers.puzzles.verify_puzzle)")
+    return verify_puzzle(name, completion, line.get("answer"), line.get("problem"), partial=partial)
+
+
+# --- the command ----------------------------------------------------------------------------
+
+
+def _plan(line: dict, lineno: int, default: str, partial: bool):
+    """(immediate Verdict, None) or (None, (fn, args)) for one parsed input line."""
+    from rlvr.verifiers.math import fast_math_verdict, verify_math
+
+    completion = line.get("completion")
+    if not isinstance(completion, str):
+        return _error(f"line {lineno}: no string field 'completion'"), None
+    name = line.get("verifier", default)
+    if name == "math":
+        if "answer" not in line:
+            return _error(f"line {lineno}: math needs an 'answer' field"), None
+        answer = str(line["answer"])
+        fast = fast_math_verdict(completion, answer)
+        return (fast, None) if fast is not None else (None, (verify_math, (completion, answer)))
+    if name == "code":
+        if "tests" not in line:
+            return _error(f"line {lineno}: code needs a 'tests' field"), None
+        return None, (grade_code, (completion, line["tests"], partial))
+    if isinstance(name, str) and name.startswith("puzzle:") and len(name) > len("puzzle:"):
+        return None, (grade_puzzle, (name.removeprefix("puzzle:"), completion, line, partial))
+    return _error(f"line {lineno}: unknown verifier {name!r}; use math, code or puzzle:NAME"), None
+
+
+def _output_line(line: dict, verdict: Verdict) -> dict:
+    out = dict(line)
+    out.update(reward=verdict.reward, status=verdict.status, reason=verdict.reason)
+    for key in ("passed", "total"):
+        value = getattr(verdict, key, None)
+        if value is None:
+            value = verdict.components.get(key)
+        if value is not None:
+            out[key] = int(value)
+    return out
+
+
+def run_verify(
+    input_path: str | Path,
+    verifier: str = "math",
+    output: str | Path | None = None,
+    workers: int = 2,
+    partial: bool = False,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> int:
+    """Grade a JSONL file; returns the exit code. Raises ConfigError for a missing file."""
+    from rlvr.config import ConfigError  # here, not at the top: workers import this module
+    from rlvr.verifiers.math import MATH_PRELOAD
+    from rlvr.verifiers.pool import VerifierPool
+
+    path = Path(input_path)
+    if not path.is_file():
+        raise ConfigError(f"Input file {path} does not exist; pass a JSONL file of completions.")
+    if workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}.")
+    start = time.perf_counter()
+    lines: list[dict] = []
+    verdicts: list[Verdict | None] = []
+    jobs: dict[int, tuple] = {}
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for lineno, text in enumerate(f, start=1):
+            if not text.strip():
+                continue
+            try:
+                line = json.loads(text)
+            except json.JSONDecodeError as exc:
+                line, verdict = {"line": lineno}, _error(f"line {lineno}: not valid JSON ({exc})")
+            else:
+                if isinstance(line, dict):
+                    verdict, job = _plan(line, lineno, verifier, partial)
+                    if job is not None:
+                        jobs[len(verdicts)] = job
+                else:
+                    line = {"line": lineno}
+                    verdict = _error(f"line {lineno}: not a JSON object")
+            lines.append(line)
+            verdicts.append(verdict)
+
+    if jobs:
+        # Workers import math-verify up front only when some item needs it.
+        needs_math = any(fn.__name__ == "verify_math" for fn, _ in jobs.values())
+        preload = MATH_PRELOAD if needs_math else ()
+        with VerifierPool(workers, timeout_s=timeout_s, preload=preload) as pool:
+            futures = {i: pool.submit(fn, *args) for i, (fn, args) in jobs.items()}
+            for i, future in futures.items():
+                verdicts[i] = future.result()
+
+    sink = open(output, "w", encoding="utf-8") if output else sys.stdout  # noqa: SIM115
+    try:
+        for line, verdict in zip(lines, verdicts):
+            sink.write(json.dumps(_output_line(line, verdict), ensure_ascii=False) + "\n")
+    finally:
+        if output:
+            sink.close()
+        else:
+            sink.flush()
+    seconds = time.perf_counter() - start
+    counts = Counter(v.status for v in verdicts)
+    summary = ", ".join(f"{status} {counts[status]}" for status in STATUSES)
+    rate = len(verdicts) / seconds if seconds > 0 else 0.0
+    print(
+        f"rlvr verify: {len(verdicts)} items in {seconds:.2f} s ({rate:.1f} items/s): {summary}",
+        file=sys.stderr,
+    )
+    return 0
