@@ -12,6 +12,10 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
 	$(BIN)/python -m pip install --quiet -e ".[test]"
+	@# The code sandbox uses bubblewrap; without it, untrusted code runs less isolated.
+	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] \
+		&& (apt-get update -qq && apt-get install -y -qq bubblewrap) \
+		|| echo "bubblewrap is recommended for the code sandbox: apt-get install bubblewrap"; }
 	touch $@
 
 install: $(BIN)/.installed

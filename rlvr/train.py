@@ -49,7 +49,7 @@ from rlvr.model import Transformer
 from rlvr.report import RunLogger, plot_metrics, write_samples
 from rlvr.rollout import Episode, rollout
 from rlvr.tasks import TASKS, Problem
-from rlvr.tokenizer import CharTokenizer, format_prompt
+from rlvr.tokenizer import EOS, CharTokenizer, format_prompt
 
 console = Console(stderr=True)
 
@@ -115,31 +115,31 @@ def progress_bar(description: str, total: int) -> Iterator:
 # ----------------------------------------------------------------------------- pretraining
 
 
-def pretrain_batch(
-    task, tokenizer: CharTokenizer, problems: list[Problem], rng: random.Random, cfg: Config
-):
-    """Synthetic solutions: some answer at once, some think step by step, some traces slip.
+def pretrain_batch(task, tokenizer: CharTokenizer, rng: random.Random, cfg: Config, step: int):
+    """Synthetic solutions packed end to end into (batch_size, seq_len + 1) rows.
 
-    Returns input ids (B, T) and a loss mask (B, T-1) that is 1 on completion tokens only.
+    Some examples answer at once, some think step by step, and some of those traces slip.
+    Packing wastes no compute on padding; positions run on across a row (as in GPT
+    pretraining), and the loss mask (B, seq_len) is 1 on completion tokens only.
     """
     p = cfg.pretrain
-    rows, masks = [], []
-    for problem in problems:
-        think = rng.random() < p.think_fraction
-        slip = think and rng.random() < p.slip_fraction
-        prompt = tokenizer.encode(format_prompt(problem.prompt))
-        completion = tokenizer.encode(
-            task.completion(problem, rng, think=think, slip=slip) + "<eos>"
-        )
-        rows.append(prompt + completion)
-        masks.append([0] * (len(prompt) - 1) + [1] * len(completion))
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), tokenizer.pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width - 1))
-    for i, (row, m) in enumerate(zip(rows, masks)):
-        ids[i, : len(row)] = torch.tensor(row)
-        mask[i, : len(m)] = torch.tensor(m, dtype=torch.float)
-    return ids, mask
+    width = p.seq_len + 1
+    ids, mask = [], []
+    seed = cfg.seed * 1_000_003 + step * 1009
+    while len(ids) < p.batch_size * width:
+        for problem in task.problems("train", 64, seed=seed):
+            think = rng.random() < p.think_fraction
+            slip = think and rng.random() < p.slip_fraction
+            prompt = tokenizer.encode(format_prompt(problem.prompt))
+            completion = tokenizer.encode(
+                task.completion(problem, rng, think=think, slip=slip) + EOS
+            )
+            ids += prompt + completion
+            mask += [0] * len(prompt) + [1] * len(completion)
+        seed += 1
+    ids_t = torch.tensor(ids[: p.batch_size * width]).view(p.batch_size, width)
+    mask_t = torch.tensor(mask[: p.batch_size * width], dtype=torch.float).view(p.batch_size, width)
+    return ids_t, mask_t[:, 1:]  # the mask scores targets, which start at column 1
 
 
 def pretrain(
@@ -153,10 +153,8 @@ def pretrain(
     tokens, t_start = 0, time.perf_counter()
     with progress_bar("pretrain", p.steps) as advance:
         for step in range(1, p.steps + 1):
-            problems = task.problems("train", p.batch_size, seed=cfg.seed * 1_000_003 + step)
-            ids, loss_mask = pretrain_batch(task, tokenizer, problems, rng, cfg)
-            attention = (ids != tokenizer.pad_id).long()
-            logits = model(ids[:, :-1], attention_mask=attention[:, :-1])  # (B, T-1, V)
+            ids, loss_mask = pretrain_batch(task, tokenizer, rng, cfg, step)  # (B, T+1), (B, T)
+            logits = model(ids[:, :-1])  # (B, T, V)
             losses = F.cross_entropy(
                 logits.flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="none"
             )
@@ -174,7 +172,7 @@ def pretrain(
             )
             optimizer.step()
 
-            tokens += int(attention.sum())
+            tokens += ids.shape[0] * (ids.shape[1] - 1)
             if step % 25 == 0 or step == p.steps:
                 elapsed = time.perf_counter() - t_start
                 logger.log("pretrain", step, {"loss": loss.item(), "lr": lr, "grad_norm": grad_norm.item(),

@@ -179,7 +179,10 @@ def test_listing_candidates_is_wrong(pool, completion):
         ("[-1, 2)", "[-1,2)"),
         ("(-\\infty, 0] \\cup (1, \\infty)", "(-\\infty,0]\\cup(1,\\infty)"),
         ("y = 2x + 1", "2x + 1"),
-        ("\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}", "\\begin{bmatrix}1&2\\\\3&4\\end{bmatrix}"),
+        (
+            "\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}",
+            "\\begin{bmatrix}1&2\\\\3&4\\end{bmatrix}",
+        ),
         ("1 \\pm \\sqrt{19}", "1 \\pm \\sqrt{19}"),
     ],
 )
@@ -193,7 +196,10 @@ def test_symbolic_equivalence(pool, pred, gold):
         ("4\\sqrt{2}", "4"),
         ("[0, 1]", "[0,1)"),
         ("x + 1", "x + 2n + 1"),
-        ("\\begin{pmatrix} 1 & 2 \\\\ 3 & 5 \\end{pmatrix}", "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}"),
+        (
+            "\\begin{pmatrix} 1 & 2 \\\\ 3 & 5 \\end{pmatrix}",
+            "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}",
+        ),
     ],
 )
 def test_symbolic_differences(pool, pred, gold):
@@ -219,3 +225,15 @@ def test_math_verify_never_runs_in_this_process():
     verdict = verify_math("\\boxed{\\frac{\\sqrt{2}}{2}}", "\\frac{1}{\\sqrt{2}}")
     assert verdict.status == "error" and "worker" in verdict.reason
     assert "math_verify" not in sys.modules and "sympy" not in sys.modules
+
+
+def test_agreement_with_public_regression_cases(pool):
+    """Math-Verify's and lighteval's test cases (tests/data/math_agreement.jsonl)."""
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).parent / "data" / "math_agreement.jsonl"
+    cases = [json.loads(line) for line in path.read_text().splitlines()]
+    verdicts = verify_math_many(pool, [(c["prediction"], c["gold"]) for c in cases])
+    agree = sum((v.status == "correct") == bool(c["expected"]) for c, v in zip(cases, verdicts))
+    assert agree / len(cases) >= 0.95  # math-verify's own default parse+verify: 0.918

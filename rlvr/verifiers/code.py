@@ -236,8 +236,12 @@ def _run_stdio(
     passed, timed_out, reason = 0, False, ""
     for i, (stdin, want) in enumerate(zip(inputs, outputs)):
         result = run_python(program, str(stdin), limits=limits, kind=kind)
-        ok = not result.killed_reason and normalize_output(result.stdout) == normalize_output(
-            str(want)
+        # A clean exit is required too (a crash after the right output is a runtime error),
+        # but never sufficient: the parent compares the output itself.
+        ok = (
+            result.exit_code == 0
+            and not result.killed_reason
+            and normalize_output(result.stdout) == normalize_output(str(want))
         )
         passed += ok
         if not ok:
@@ -272,7 +276,9 @@ def _run_calls(
     for i, want in enumerate(outputs):
         reports = got.get(i, [])
         # Exactly one report, with a value equal to the expected one.
-        ok = len(reports) == 1 and "value" in reports[0] and _values_equal(reports[0]["value"], want)
+        ok = (
+            len(reports) == 1 and "value" in reports[0] and _values_equal(reports[0]["value"], want)
+        )
         passed += ok
         if not ok and not reason:
             error = reports[0].get("error") if len(reports) == 1 else None

@@ -89,11 +89,15 @@ class Extraction:
     candidates: every distinct answer found where only one was expected (several boxed or
         several <answer> blocks); empty when there was just one.
     source: "answer_tag", "boxed", "final_answer" or "bare".
+    context: for "final_answer" and "bare", the text math-verify reads as it is (its own
+        extraction finds the expression in a sentence); boxed and tagged answers are
+        wrapped in `$...$` instead.
     """
 
     answer: str | None
     candidates: tuple[str, ...] = ()
     source: str = "bare"
+    context: str = ""
 
 
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
@@ -169,9 +173,23 @@ def extract_answer(completion: str) -> Extraction:
     if finals:
         answer = _SENTENCE_END.split(finals[-1].group("answer"), maxsplit=1)[0]
         if answer.strip():
-            return Extraction(answer.strip(), (), "final_answer")
+            return Extraction(answer.strip(), (), "final_answer", finals[-1].group(0))
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return Extraction(lines[-1] if lines else None, (), "bare")
+    if not lines:
+        return Extraction(None)
+    if len(lines) == 1 and _is_math_span(lines[0]):
+        return Extraction(lines[0], (), "bare")  # "$\\sqrt{2}.$": one formula, wrapped as such
+    return Extraction(lines[-1], (), "bare", text)
+
+
+def _is_math_span(line: str) -> bool:
+    """Whether a line is exactly one formula in math delimiters (trailing punctuation aside)."""
+    line = line.rstrip(".,; ")
+    for open_, close in _DELIMITERS:
+        inner = line[len(open_) : len(line) - len(close)]
+        if line.startswith(open_) and line.endswith(close) and len(line) > len(open_ + close):
+            return "$" not in inner
+    return False
 
 
 # --- text clean-up ------------------------------------------------------------------------------
@@ -190,7 +208,11 @@ def clean_answer(text: str) -> str:
         changed = False
         text = text.strip().rstrip(".,;").strip()
         for open_, close in _DELIMITERS:
-            if len(text) >= len(open_) + len(close) and text.startswith(open_) and text.endswith(close):
+            if (
+                len(text) >= len(open_) + len(close)
+                and text.startswith(open_)
+                and text.endswith(close)
+            ):
                 text, changed = text[len(open_) : len(text) - len(close)], True
                 break
         boxed = boxed_contents(text)
@@ -305,7 +327,9 @@ def parse_plain_number(text: str) -> PlainNumber | None:
     match = _SCIENTIFIC.fullmatch(text)
     if match:
         exponent = int(match.group("exp") or match.group("exp2"))
-        decimal = _canonical(match.group("sign"), match.group("whole"), match.group("frac") or "", exponent)
+        decimal = _canonical(
+            match.group("sign"), match.group("whole"), match.group("frac") or "", exponent
+        )
         return PlainNumber(decimal, None, exact=False)
     match = _FRACTION.fullmatch(text)
     if match:
@@ -331,9 +355,7 @@ def numbers_equal(gold: PlainNumber, given: PlainNumber) -> bool | None:
     if a is None or b is None:
         # One side is huge. Two plain decimals with different digits and exponents >= 0
         # are different integers; anything else is left to the symbolic path.
-        both_integers = all(
-            n.decimal is not None and n.decimal[2] >= 0 for n in (gold, given)
-        )
+        both_integers = all(n.decimal is not None and n.decimal[2] >= 0 for n in (gold, given))
         return False if both_integers else None
     if gold.exact and given.exact:
         return a == b
@@ -345,7 +367,10 @@ def numbers_equal(gold: PlainNumber, given: PlainNumber) -> bool | None:
 
 def _prepare(completion: str, answer: str) -> tuple[str, Extraction, str | None] | Verdict:
     """Checks shared by both paths: (gold, extraction, answer text) or a final Verdict."""
-    gold = clean_answer(answer) if isinstance(answer, str) else ""
+    if not isinstance(answer, str):
+        answer = ""
+    gold_boxes = _distinct(boxed_contents(answer))
+    gold = clean_answer(", ".join(gold_boxes) if gold_boxes else answer)
     if not gold:
         return _verdict("error", f"gold answer {answer!r} is empty or not a string")
     if not isinstance(completion, str):
@@ -360,7 +385,7 @@ def _prepare(completion: str, answer: str) -> tuple[str, Extraction, str | None]
             return _verdict("wrong", f"several different answers ({shown}); one is asked")
         text = ", ".join(extraction.candidates)  # the gold has several elements: a list
     text = clean_answer(text)
-    if not text:
+    if not text and not extraction.context:
         return _verdict("unparsable", "the answer is empty")
     if lists_alternatives(text) and not lists_alternatives(gold):
         return _verdict("wrong", f"answer lists alternatives ({text[:40]!r}); one is asked")
@@ -411,9 +436,15 @@ def verify_math(completion: str, answer: str) -> Verdict:
     if isinstance(prepared, Verdict):
         return prepared
     gold, extraction, text = prepared
+    if extraction.context and not extraction.candidates:
+        # A sentence: math-verify's own extraction reads it (percent unit dropped, as above).
+        text = _PERCENT.sub("", extraction.context.strip())[-MAX_ANSWER_CHARS:]
+        wrap = False
+    else:
+        wrap = True
     if len(text) > MAX_ANSWER_CHARS or len(gold) > MAX_ANSWER_CHARS:
         return _verdict("unparsable", f"answer longer than {MAX_ANSWER_CHARS} characters")
-    return _symbolic_verdict(gold, text, wrap=extraction.source != "bare")
+    return _symbolic_verdict(gold, text, wrap)
 
 
 def _symbolic_verdict(gold: str, text: str, wrap: bool) -> Verdict:

@@ -119,7 +119,17 @@ def _system_binds() -> list[str]:
     for name in ("/etc/ld.so.cache", "/etc/localtime", "/etc/alternatives"):
         if os.path.exists(name):
             args += ["--ro-bind", name, name]
+    made: set[str] = set()
     for d in _interpreter_dirs():
+        # Make the mount point's parents traversable: bwrap would create them with our umask.
+        parent = os.path.dirname(d)
+        ancestors = []
+        while parent not in ("/", "") and parent not in made:
+            ancestors.append(parent)
+            parent = os.path.dirname(parent)
+        for a in reversed(ancestors):
+            args += ["--perms", "0755", "--dir", a]
+            made.add(a)
         args += ["--ro-bind", d, d]
     return args
 
@@ -170,7 +180,8 @@ def _bwrap_command(sandbox_dir: str, limits: Limits) -> tuple[list[str], tuple[i
         args += ["--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID)]
     args += _system_binds()
     args += ["--ro-bind", sandbox_dir, "/sandbox", "--proc", "/proc", "--dev", "/dev"]
-    args += ["--size", str(limits.tmp_mb << 20), "--tmpfs", "/tmp", "--chdir", "/tmp"]
+    args += ["--perms", "1777", "--size", str(limits.tmp_mb << 20), "--tmpfs", "/tmp"]
+    args += ["--chdir", "/tmp"]
     args += ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts"]
     args += ["--unshare-cgroup-try", "--hostname", "sandbox"]
     args += ["--die-with-parent", "--new-session", "--clearenv"]
