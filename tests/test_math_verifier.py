@@ -1,5 +1,6 @@
 """Math verifier: extraction, the fast exact path, math-verify in workers, policies, attacks."""
 
+import subprocess
 import sys
 import time
 
@@ -224,7 +225,14 @@ def test_tower_of_exponents_times_out(pool):
 def test_math_verify_never_runs_in_this_process():
     verdict = verify_math("\\boxed{\\frac{\\sqrt{2}}{2}}", "\\frac{1}{\\sqrt{2}}")
     assert verdict.status == "error" and "worker" in verdict.reason
-    assert "math_verify" not in sys.modules and "sympy" not in sys.modules
+    # Other tests import sympy (torch does), so check a fresh interpreter.
+    code = (
+        "import sys; from rlvr.verifiers.math import verify_math; "
+        "v = verify_math('\\\\boxed{\\\\frac{\\\\sqrt{2}}{2}}', '\\\\frac{1}{\\\\sqrt{2}}'); "
+        "assert v.status == 'error', v; "
+        "assert 'math_verify' not in sys.modules and 'sympy' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_agreement_with_public_regression_cases(pool):
