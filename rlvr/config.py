@@ -47,10 +47,8 @@ class TaskConfig:
 class PretrainConfig:
     steps: int = 3000
     """Optimizer steps of next-token training on synthetic solutions (0 skips pretraining)."""
-    batch_size: int = 16
-    """Rows per optimizer step; each row packs whole examples end to end (no padding)."""
-    seq_len: int = 256
-    """Tokens per row; examples are packed until the row is full."""
+    batch_size: int = 64
+    """Examples per optimizer step."""
     lr: float = 3e-3
     """Peak AdamW learning rate (linear warmup, cosine decay to lr/10)."""
     warmup_steps: int = 100
@@ -354,7 +352,6 @@ def validate(cfg: Config) -> None:
         need(value >= 0, f"{key} must be 0 or more, got {value}.")
     for key, value in [
         ("pretrain.batch_size", p.batch_size),
-        ("pretrain.seq_len", p.seq_len),
         ("pretrain.lr", p.lr),
         ("grpo.lr", g.lr),
         ("grpo.num_prompts", g.num_prompts),
