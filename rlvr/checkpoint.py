@@ -61,9 +61,8 @@ def save_checkpoint(
     try:
         weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         if model.config.tie_word_embeddings:
-            weights.pop(
-                "lm_head.weight", None
-            )  # shared with embed_tokens, as Hugging Face saves it
+            # lm_head shares embed_tokens' matrix; Hugging Face omits it the same way
+            weights.pop("lm_head.weight", None)
         save_file(weights, str(tmp / WEIGHTS), metadata={"format": "pt"})
         dtype = next(model.parameters()).dtype
         (tmp / "config.json").write_text(
@@ -75,7 +74,6 @@ def save_checkpoint(
         for f in tmp.iterdir():
             with open(f, "rb+") as fh:
                 os.fsync(fh.fileno())
-
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # the previous checkpoint stays as it was
         raise
