@@ -56,8 +56,12 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("run_dir", help="a run folder or a checkpoint folder")
     ev.add_argument("--output", help="also write the metrics to this JSON file")
 
-    verify = sub.add_parser("verify", help="grade a JSONL file of model outputs (math, code, puzzles)")
-    verify.add_argument("input", help="JSONL: one {completion, answer|tests|problem} object per line")
+    verify = sub.add_parser(
+        "verify", help="grade a JSONL file of model outputs (math, code, puzzles)"
+    )
+    verify.add_argument(
+        "input", help="JSONL: one {completion, answer|tests|problem} object per line"
+    )
     verify.add_argument("--verifier", default="math",
                         help="math, code or puzzle:NAME, for lines that name none (default math)")  # fmt: skip
     verify.add_argument("--output", help="write graded lines here (default: stdout)")
@@ -79,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
             return _eval(Path(args.run_dir), args.output, overrides)
         if args.command == "verify":
             if overrides:
-                raise ConfigError(f"Unexpected arguments {' '.join(overrides)}; see rlvr verify --help.")
+                raise ConfigError(
+                    f"Unexpected arguments {' '.join(overrides)}; see rlvr verify --help."
+                )
             from rlvr.verify_cli import run_verify
 
             return run_verify(args.input, args.verifier, args.output, args.workers,

@@ -56,8 +56,16 @@ def test_verify_code_lines_report_passed_and_total(tmp_path):
     good = "```python\na, b = map(int, input().split())\nprint(a + b)\n```"
     bad = "```python\nprint(5)\n```"
     source, graded = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    source.write_text("".join(json.dumps({"completion": c, "tests": tests}) + "\n" for c in (good, bad)))
-    assert main(["verify", str(source), "--verifier", "code", "--partial", "--output", str(graded)]) == 0
+    source.write_text(
+        "".join(json.dumps({"completion": c, "tests": tests}) + "\n" for c in (good, bad))
+    )
+    assert (
+        main(["verify", str(source), "--verifier", "code", "--partial", "--output", str(graded)])
+        == 0
+    )
     out = [json.loads(line) for line in graded.read_text().splitlines()]
-    assert [(o["status"], o["passed"], o["total"]) for o in out] == [("correct", 2, 2), ("wrong", 1, 2)]
+    assert [(o["status"], o["passed"], o["total"]) for o in out] == [
+        ("correct", 2, 2),
+        ("wrong", 1, 2),
+    ]
     assert out[1]["reward"] == 0.5  # --partial: the fraction of tests passed
