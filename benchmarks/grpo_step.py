@@ -1,8 +1,8 @@
 """Seconds per GRPO step: 8 prompts x 8 samples x up to 64 new tokens, ~1M-parameter model.
 
-    .venv/bin/python benchmarks/grpo_step.py [--init RUN_DIR] [--steps 20] [--beta 0.04]
+    .venv/bin/python benchmarks/grpo_step.py [--init RUN_DIR] [--steps 20] [--beta 0.04] [--mu 1]
 
-Without --init the model is freshly initialised, so no completion stops early and every
+The task and sampling settings are the demo recipe's. Without --init the model is freshly initialised, so no completion stops early and every
 step samples the full 8 x 8 x 64 tokens (the worst case). With --init (e.g. a demo run's
 pretrained/ folder) completions stop at EOS as they do in the demo. The first step is
 excluded (one-off allocations). Run it alone: 2-thread timings collapse when another
@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from rlvr.checkpoint import load_checkpoint
+from rlvr.cli import recipe_path
 from rlvr.config import load_config
 from rlvr.model import Transformer
 from rlvr.report import RunLogger, read_metrics
@@ -34,11 +35,13 @@ def main() -> None:
     parser.add_argument("--init", help="checkpoint or run folder to start from")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--beta", type=float, default=0.04)
+    parser.add_argument("--mu", type=int, default=1, help="optimizer passes per batch (TRL: 1)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
 
-    cfg = load_config(None, ["--grpo.steps", str(args.steps), "--grpo.beta", str(args.beta),
-                             "--grpo.eval_every", "0", "--threads", str(args.threads)])  # fmt: skip
+    cfg = load_config(recipe_path("demo"), ["--grpo.steps", str(args.steps), "--grpo.beta", str(args.beta),
+                      "--grpo.num_iterations", str(args.mu), "--grpo.eval_every", "0",
+                      "--threads", str(args.threads)])  # fmt: skip
     seed_everything(cfg.seed, cfg.threads)
     if args.init:
         policy, tokenizer, _, _ = load_checkpoint(args.init)
