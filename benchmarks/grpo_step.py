@@ -26,8 +26,9 @@ from rlvr.cli import recipe_path
 from rlvr.config import load_config
 from rlvr.model import Transformer
 from rlvr.report import RunLogger, read_metrics
+from rlvr.rewards import Scorer, open_pool
 from rlvr.tokenizer import CharTokenizer
-from rlvr.train import grpo, make_task, seed_everything
+from rlvr.train import Checkpointer, grpo, make_task, seed_everything
 
 
 def main() -> None:
@@ -41,7 +42,7 @@ def main() -> None:
 
     cfg = load_config(recipe_path("demo"), ["--grpo.steps", str(args.steps), "--grpo.beta", str(args.beta),
                       "--grpo.num_iterations", str(args.mu), "--grpo.eval_every", "0",
-                      "--threads", str(args.threads)])  # fmt: skip
+                      "--threads", str(args.threads), "--checkpoint.every", "0"])  # fmt: skip
     seed_everything(cfg.seed, cfg.threads)
     if args.init:
         policy, tokenizer, _, _ = load_checkpoint(args.init)
@@ -52,8 +53,13 @@ def main() -> None:
     task = make_task(cfg)
     g = cfg.grpo
     with tempfile.TemporaryDirectory() as tmp:
-        with RunLogger(Path(tmp), tensorboard=False) as logger:
-            grpo(policy, tokenizer, task, cfg, logger, eval_problems=[])
+        with (
+            RunLogger(Path(tmp), tensorboard=False) as logger,
+            open_pool(cfg.reward, preload=(type(task).__module__,)) as pool,
+        ):
+            scorer = Scorer(task, cfg.reward, g.max_new_tokens, pool)
+            checkpointer = Checkpointer(Path(tmp), cfg, tokenizer)  # saves once, at the end
+            grpo(policy, tokenizer, task, scorer, cfg, logger, [], checkpointer, lambda: False)
         rows = [r for r in read_metrics(Path(tmp)) if r["phase"] == "grpo"][1:]
     step = [r["step_seconds"] for r in rows]
     sample = [r["sample_seconds"] for r in rows]

@@ -6,9 +6,15 @@
       rlvr_tokenizer.json   our character tokenizer
       rlvr_config.toml      the resolved run config
       state.json            phase, step, policy_version, metrics at save time
+      trainer_state.pt      resumable checkpoints only: optimizer, RNG states, data position,
+                            the reference model when one is used (`torch.load`, weights_only)
 
 A checkpoint is written into a temporary sibling folder, each file fsynced, then renamed
 over the old one, so a crash mid-save leaves the previous checkpoint intact.
+
+A run keeps its resumable checkpoints in run_dir/checkpoints/<phase>-<step>/ (pretrain-000400,
+grpo-000020, ...), the newest `checkpoint.keep` of them; `latest_checkpoint` finds the one
+`rlvr train --resume` continues from.
 """
 
 from __future__ import annotations
@@ -27,6 +33,9 @@ from rlvr.model import ModelConfig, Transformer
 from rlvr.tokenizer import CharTokenizer
 
 WEIGHTS = "model.safetensors"
+TRAINER_STATE = "trainer_state.pt"
+CHECKPOINTS = "checkpoints"
+PHASES = ("pretrain", "grpo")  # in run order
 
 
 def hf_config(model_cfg: ModelConfig, tokenizer: CharTokenizer, dtype: torch.dtype) -> dict:
@@ -51,8 +60,13 @@ def save_checkpoint(
     tokenizer: CharTokenizer,
     config: Config,
     state: dict | None = None,
+    trainer_state: dict | None = None,
 ) -> Path:
-    """Write a checkpoint folder atomically; returns its path."""
+    """Write a checkpoint folder atomically; returns its path.
+
+    trainer_state: what a resumed run needs beyond the weights (optimizer, RNG states, data
+    position); saved with torch.save and read back by `load_trainer_state`.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -71,6 +85,8 @@ def save_checkpoint(
         tokenizer.save(tmp)
         (tmp / "rlvr_config.toml").write_text(to_toml(config))
         (tmp / "state.json").write_text(json.dumps(state or {}, indent=2))
+        if trainer_state is not None:
+            torch.save(trainer_state, tmp / TRAINER_STATE)
         for f in tmp.iterdir():
             with open(f, "rb+") as fh:
                 os.fsync(fh.fileno())
@@ -120,3 +136,40 @@ def load_checkpoint(path: str | Path) -> tuple[Transformer, CharTokenizer, Confi
     model.load_state_dict(weights)
     state = json.loads((path / "state.json").read_text()) if (path / "state.json").exists() else {}
     return model, tokenizer, config, state
+
+
+# ----------------------------------------------------------------------------- resumable
+
+
+def checkpoint_dir(run_dir: str | Path, phase: str, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINTS / f"{phase}-{step:06d}"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The run's complete resumable checkpoints, oldest first (by phase, then step)."""
+    folder = Path(run_dir) / CHECKPOINTS
+    found = []
+    if folder.is_dir():
+        for path in folder.iterdir():
+            phase, _, step = path.name.partition("-")
+            # temporary folders start with "." and never match; a folder without its
+            # trainer state was not written by a completed save
+            if phase in PHASES and step.isdigit() and (path / TRAINER_STATE).is_file():
+                found.append((PHASES.index(phase), int(step), path))
+    return [path for _, _, path in sorted(found)]
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    checkpoints = list_checkpoints(run_dir)
+    return checkpoints[-1] if checkpoints else None
+
+
+def prune_checkpoints(run_dir: str | Path, keep: int) -> None:
+    """Delete all but the newest `keep` resumable checkpoints."""
+    for path in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def load_trainer_state(path: str | Path) -> dict:
+    """The trainer state of a resumable checkpoint (tensors and plain Python values only)."""
+    return torch.load(Path(path) / TRAINER_STATE, weights_only=True)

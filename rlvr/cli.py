@@ -2,14 +2,17 @@
 
     rlvr demo [--out DIR] [--key value ...]        pretrain -> eval -> GRPO -> eval, on the CPU
     rlvr train CONFIG.toml [--out DIR] [--key value ...]
+    rlvr train --resume DIR [--key value ...]      continue a stopped or killed run
     rlvr eval RUN_DIR [--key value ...]            re-evaluate a saved checkpoint
     rlvr verify INPUT.jsonl [--verifier math|code|puzzle:NAME] [--output OUT.jsonl]
                                                    grade a file of model outputs offline
     rlvr train --help                              every config key with its meaning
 
 Overrides are dotted config keys: `--grpo.beta 0.02`, `--pretrain.steps=500`. A mistake in
-the config stops the run before any work with one sentence and exit code 2 (`--debug` shows
-the traceback).
+the config, the data or a model folder stops the run before any work with one sentence and
+exit code 2 (`--debug` shows the traceback). Ctrl-C (or SIGTERM) stops training at the next
+step boundary, writes a checkpoint and exits 0 with the command that resumes it. A run that
+cannot go on (NaN losses, a full disk) exits 1 with one sentence.
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from rlvr.config import ConfigError, describe, load_config
+from rlvr.config import Config, ConfigError, describe, load_config
+from rlvr.errors import StopRequested, TrainingError
 
 EXIT_USAGE = 2
+EXIT_FAILED = 1
 
 
 def recipe_path(name: str) -> Path:
@@ -46,11 +51,14 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="train a small reasoning model from scratch with GRPO (CPU, minutes)",
                           epilog=_help_keys(), formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     demo.add_argument("--out", help="run folder (default: runs/demo-<time>)")
+    demo.add_argument("--resume", metavar="DIR", help="continue the demo run in DIR")
 
     train = sub.add_parser("train", help="run a recipe: pretrain or load, evaluate, GRPO, evaluate",
                            epilog=_help_keys(), formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    train.add_argument("config", help="a TOML recipe, e.g. recipes/demo.toml")
+    train.add_argument("config", nargs="?", help="a TOML recipe, e.g. recipes/demo.toml")
     train.add_argument("--out", help="run folder (default: runs/<name>-<time>)")
+    train.add_argument("--resume", metavar="DIR",
+                       help="continue the run in DIR from its latest checkpoint")  # fmt: skip
 
     ev = sub.add_parser("eval", help="evaluate a run's checkpoint on the held-out split")
     ev.add_argument("run_dir", help="a run folder or a checkpoint folder")
@@ -75,9 +83,18 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args, overrides = _parser().parse_known_args(argv)
     try:
+        if args.command in ("demo", "train") and args.resume:
+            if getattr(args, "config", None) or args.out:
+                raise ConfigError(
+                    "--resume DIR takes the run's own config.toml: drop the CONFIG and --out "
+                    "arguments (overrides such as --grpo.steps 100 are allowed)."
+                )
+            return _resume(Path(args.resume), overrides)
         if args.command == "demo":
             return _train(recipe_path("demo"), args.out, overrides)
         if args.command == "train":
+            if not args.config:
+                raise ConfigError("rlvr train needs a CONFIG.toml (or --resume DIR).")
             return _train(Path(args.config), args.out, overrides)
         if args.command == "eval":
             return _eval(Path(args.run_dir), args.output, overrides)
@@ -95,20 +112,48 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"rlvr: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except StopRequested as e:
+        run_dir = e.args[1] if len(e.args) > 1 else "RUN_DIR"
+        print(f"rlvr: stopped at {e.args[0]} with a checkpoint; continue with "
+              f"`rlvr train --resume {run_dir}`.", file=sys.stderr)  # fmt: skip
+        return 0
+    except TrainingError as e:
+        if args.debug:
+            raise
+        print(f"rlvr: {e}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("rlvr: interrupted.", file=sys.stderr)
         return 130
     return 0
 
 
-def _train(config_path: Path, out: str | None, overrides: list[str]) -> int:
-    cfg = load_config(config_path, overrides)
+def _resume(run_dir: Path, overrides: list[str]) -> int:
+    if not (run_dir / "config.toml").is_file():
+        raise ConfigError(
+            f"{run_dir} is not a run folder (it has no config.toml); pass the folder a "
+            "`rlvr train` or `rlvr demo` run wrote."
+        )
+    cfg = load_config(run_dir / "config.toml", overrides)
+    cfg.run_dir = str(run_dir)
+    return _train(None, None, [], cfg=cfg, resume=True)
+
+
+def _train(
+    config_path: Path | None,
+    out: str | None,
+    overrides: list[str],
+    cfg: Config | None = None,
+    resume: bool = False,
+) -> int:
+    if cfg is None:
+        cfg = load_config(config_path, overrides)
     if out:
         cfg.run_dir = out
     from rlvr.report import print_table
     from rlvr.train import run
 
-    run_dir, result = run(cfg)
+    run_dir, result = run(cfg, resume=resume)
     keys = [k for k in result["after"] if k in result["before"]]
     print_table({k: result["before"][k] for k in keys}, {k: result["after"][k] for k in keys},
                 title=f"held-out {cfg.task.name}, {result['eval_problems']} problems: before vs after GRPO")  # fmt: skip
@@ -124,6 +169,7 @@ def _eval(run_dir: Path, output: str | None, overrides: list[str]) -> int:
     from rlvr.checkpoint import load_checkpoint
     from rlvr.config import apply_overrides
     from rlvr.evaluate import evaluate
+    from rlvr.rewards import Scorer, open_pool
     from rlvr.train import make_task, seed_everything
 
     model, tokenizer, cfg, state = load_checkpoint(run_dir)
@@ -131,8 +177,9 @@ def _eval(run_dir: Path, output: str | None, overrides: list[str]) -> int:
     seed_everything(cfg.seed, cfg.threads)
     task = make_task(cfg)
     problems = task.problems("test", cfg.eval.num_problems, seed=cfg.seed)
-    with torch.no_grad():
-        metrics, _ = evaluate(model, tokenizer, task, problems, cfg.eval, seed=cfg.seed)
+    with torch.no_grad(), open_pool(cfg.reward, preload=(type(task).__module__,)) as pool:
+        scorer = Scorer(task, cfg.reward, cfg.eval.max_new_tokens, pool)
+        metrics, _ = evaluate(model, tokenizer, scorer, problems, cfg.eval, seed=cfg.seed)
     metrics = {"checkpoint": str(run_dir), "eval_problems": len(problems), **metrics}
     text = json.dumps(metrics)
     if output:

@@ -99,12 +99,39 @@ class GRPOConfig:
     """Optimizer steps per pass: the batch of num_prompts x group_size splits into this many."""
     scale_rewards: bool = True
     """Divide advantages by the group's reward std (GRPO); false gives Dr. GRPO's mean-only."""
-    format_weight: float = 0.1
-    """Reward weight of the format check (<think>...</think><answer>...</answer>)."""
-    accuracy_weight: float = 1.0
-    """Reward weight of the verifier's accuracy."""
     eval_every: int = 20
     """Evaluate on the held-out split every this many GRPO steps (0: only before and after)."""
+
+
+@dataclass
+class RewardConfig:
+    accuracy_weight: float = 1.0
+    """Weight of the task verifier's accuracy (1 correct, 0 otherwise)."""
+    format_weight: float = 0.1
+    """Weight of the format check (<think>...</think><answer>...</answer>)."""
+    overlong_buffer: int = 0
+    """DAPO soft overlong punishment: completions longer than grpo.max_new_tokens minus this
+    many tokens are penalised linearly, down to -1 at the limit (0 turns it off)."""
+    overlong_weight: float = 1.0
+    """Weight of the overlong penalty."""
+    functions: dict = field(default_factory=dict)
+    """Extra reward functions and their weights, {"module:function" = weight}; each is called
+    as fn(completion, problem) -> float | Verdict in the verifier workers."""
+    workers: int = 1
+    """Verifier worker processes (0 verifies inside the training process, with no timeout)."""
+    timeout_s: float = 10.0
+    """Seconds one verification may run before its worker is killed (status "timeout")."""
+    memory_mb: int = 2048
+    """Address-space limit of each verifier worker, in MiB."""
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 20
+    """Save a resumable checkpoint every this many steps of pretraining and of GRPO (0: only
+    at the end of each phase)."""
+    keep: int = 2
+    """How many resumable checkpoints to keep in run_dir/checkpoints (the newest ones)."""
 
 
 @dataclass
@@ -137,11 +164,16 @@ class Config:
     """Exact run folder (the CLI's --out); overrides runs_dir and name."""
     init_from: str = ""
     """Run folder or checkpoint folder to start from instead of pretraining from scratch."""
+    max_bad_steps: int = 3
+    """Stop after this many steps in a row whose loss or gradient was NaN or infinite (such
+    an update is skipped and counted in skipped_updates); 0 never stops."""
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 
 # ----------------------------------------------------------------------------- field docs
@@ -388,6 +420,31 @@ def validate(cfg: Config) -> None:
     ]:
         need(0 <= value <= 1, f"{key} must be a fraction in [0, 1], got {value}.")
     need(e.num_samples != 1, "eval.num_samples must be 0 (off) or at least 2 for pass@k and maj@k.")
+    r, c = cfg.reward, cfg.checkpoint
+    for key, value in [
+        ("reward.overlong_buffer", r.overlong_buffer),
+        ("reward.workers", r.workers),
+        ("checkpoint.every", c.every),
+        ("max_bad_steps", cfg.max_bad_steps),
+    ]:
+        need(value >= 0, f"{key} must be 0 or more, got {value}.")
+    need(
+        r.overlong_buffer <= g.max_new_tokens,
+        f"reward.overlong_buffer ({r.overlong_buffer}) must not exceed grpo.max_new_tokens "
+        f"({g.max_new_tokens}).",
+    )
+    need(r.timeout_s > 0, f"reward.timeout_s must be above 0, got {r.timeout_s}.")
+    need(r.memory_mb >= 64, f"reward.memory_mb must be at least 64, got {r.memory_mb}.")
+    need(c.keep >= 1, f"checkpoint.keep must be at least 1, got {c.keep}.")
+    for name, weight in r.functions.items():
+        need(
+            isinstance(weight, (int, float)) and not isinstance(weight, bool),
+            f"reward.functions[{name!r}] must be a number (its weight), got {weight!r}.",
+        )
+        need(
+            ":" in str(name),
+            f"reward.functions key {name!r} must be 'module:function', e.g. 'my_rewards:brevity'.",
+        )
 
 
 # ----------------------------------------------------------------------------- writing
@@ -414,13 +471,19 @@ def to_toml(cfg: Config) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _toml_key(key: str) -> str:
+    """A bare TOML key when it may be one, else a quoted one ("my_rewards:brevity")."""
+    bare = key and all(ch.isascii() and (ch.isalnum() or ch in "-_") for ch in key)
+    return key if bare else _toml_value(str(key))
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     return repr(value)

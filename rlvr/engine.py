@@ -14,7 +14,7 @@ Run `python benchmarks/engine_speed.py` for its speed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -60,12 +60,15 @@ class Engine:
         stop_token_ids: Sequence[int] = (),
         stop_sequences: Sequence[Sequence[int]] = (),
         generator: torch.Generator | None = None,
+        on_complete: Callable[[Completion], None] | None = None,
     ) -> list[Completion]:
         """`num_samples` completions per prompt, ordered prompt by prompt (group-major).
 
         temperature 0 is greedy decoding; top_k 0 and top_p 1.0 turn those filters off. A
         completion ends at a stop token, at the end of a stop sequence, or after
         `max_new_tokens` tokens. The same `generator` seed gives the same completions.
+        `on_complete(completion)` is called as each one finishes, while the others are still
+        decoding (the rollout starts verifying there).
         """
         model = self.model
         config = model.config
@@ -112,6 +115,7 @@ class Engine:
 
         rows = torch.arange(num_rows, device=device)  # original row of each active row
         done = torch.zeros(num_rows, dtype=torch.bool, device=device)  # per active row
+        finished: dict[int, Completion] = {}  # row -> its completion (with on_complete only)
         for step in range(max_new_tokens):
             token, logprob = sample(logits, temperature, top_k, top_p, generator)  # (n,), (n,)
             tokens[rows, step] = token
@@ -127,6 +131,12 @@ class Engine:
                 lengths[rows[hit]] = step + 1
                 stopped[rows[hit]] = True
                 done |= hit
+                if on_complete is not None:
+                    for row in rows[hit].tolist():
+                        finished[row] = self._completion(
+                            row, num_samples, tokens, logprobs, step + 1, "stop"
+                        )
+                        on_complete(finished[row])
                 if bool(done.all()):
                     break
                 # Drop finished rows once they are a quarter of the batch: select_rows copies
@@ -141,6 +151,13 @@ class Engine:
             logits = model(token[:, None], position_ids=position, cache=cache)[:, -1]
             position = position + 1
 
+        if on_complete is not None:
+            for row in (~stopped).nonzero().squeeze(1).tolist():
+                finished[row] = self._completion(
+                    row, num_samples, tokens, logprobs, max_new_tokens, "length"
+                )
+                on_complete(finished[row])
+            return [finished[row] for row in range(num_rows)]
         token_lists, logprob_lists = tokens.tolist(), logprobs.tolist()
         lengths_list, stopped_list = lengths.tolist(), stopped.tolist()
         return [
@@ -153,6 +170,16 @@ class Engine:
             )
             for row in range(num_rows)
         ]
+
+    @staticmethod
+    def _completion(row, num_samples, tokens, logprobs, length, reason) -> Completion:
+        return Completion(
+            prompt_index=row // num_samples,
+            sample_index=row % num_samples,
+            token_ids=tokens[row, :length].tolist(),
+            logprobs=logprobs[row, :length].tolist(),
+            finish_reason=reason,
+        )
 
 
 def sample(

@@ -22,6 +22,7 @@ import torch
 
 from rlvr.config import EvalConfig
 from rlvr.engine import Engine
+from rlvr.rewards import Scorer
 from rlvr.rollout import Episode, rollout
 from rlvr.tasks import Problem
 from rlvr.tokenizer import CharTokenizer
@@ -60,12 +61,12 @@ def _batched(items: Sequence, size: int):
 
 
 def _greedy(
-    engine, tokenizer, task, problems, cfg: EvalConfig, think: bool | None
+    engine, tokenizer, scorer: Scorer, problems, cfg: EvalConfig, think: bool | None
 ) -> list[Episode]:
     episodes: list[Episode] = []
     for chunk in _batched(problems, cfg.batch_size):
         episodes += rollout(
-            engine, tokenizer, task, chunk, num_samples=1, temperature=0.0,
+            engine, tokenizer, scorer, chunk, num_samples=1, temperature=0.0,
             max_new_tokens=cfg.max_new_tokens, think=think,
         )  # fmt: skip
     return episodes
@@ -75,19 +76,23 @@ def _greedy(
 def evaluate(
     model: torch.nn.Module,
     tokenizer: CharTokenizer,
-    task,
+    scorer: Scorer,
     problems: Sequence[Problem],
     cfg: EvalConfig,
     *,
     seed: int = 0,
     sampled: bool = True,
 ) -> tuple[dict[str, float], list[dict]]:
-    """Metrics on `problems` and a few logged samples. Fractions are in 0..1."""
+    """Metrics on `problems` and a few logged samples. Fractions are in 0..1.
+
+    `scorer` verifies the responses (rlvr/rewards.py); only the verdicts count here, not the
+    reward weights.
+    """
     was_training = model.training
     model.eval()
     engine = Engine(model, pad_id=tokenizer.pad_id)
-    greedy = _greedy(engine, tokenizer, task, problems, cfg, think=None)
-    no_think = _greedy(engine, tokenizer, task, problems, cfg, think=False)
+    greedy = _greedy(engine, tokenizer, scorer, problems, cfg, think=None)
+    no_think = _greedy(engine, tokenizer, scorer, problems, cfg, think=False)
 
     def correct(episodes: Sequence[Episode]) -> float:
         return sum(ep.verdict.status == "correct" for ep in episodes) / len(episodes)
@@ -107,7 +112,7 @@ def evaluate(
         pass1, passk, majk = [], [], []
         for chunk in _batched(problems, max(1, cfg.batch_size // k)):
             episodes = rollout(
-                engine, tokenizer, task, chunk, num_samples=k, temperature=cfg.temperature,
+                engine, tokenizer, scorer, chunk, num_samples=k, temperature=cfg.temperature,
                 max_new_tokens=cfg.max_new_tokens, generator=generator,
             )  # fmt: skip
             for i in range(len(chunk)):

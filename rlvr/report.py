@@ -20,8 +20,10 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ from rich.console import Console
 from rich.table import Table
 
 METRICS_FILE = "metrics.jsonl"
+DROPPED_FILE = "metrics.dropped.jsonl"
 _RESERVED = ("phase", "step", "time")
 
 
@@ -60,12 +63,19 @@ class RunLogger:
 
         with RunLogger(Path("runs/demo")) as logger:
             logger.log("grpo", step, {"reward": 0.5, "kl": 0.01})
+
+    keep: for a resumed run, which existing records stay (those up to its checkpoint); the
+    others are logged again by the resumed run, so they move to metrics.dropped.jsonl.
     """
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True) -> None:
+    def __init__(
+        self, run_dir: Path, tensorboard: bool = True, keep: Callable[[dict], bool] | None = None
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / METRICS_FILE
+        if keep is not None and self.path.exists():
+            self._split(keep)
         needs_newline = False
         if self.path.exists() and self.path.stat().st_size > 0:
             with open(self.path, "rb") as f:
@@ -82,6 +92,26 @@ class RunLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             self._writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), flush_secs=10)
+
+    def _split(self, keep: Callable[[dict], bool]) -> None:
+        """Rewrite metrics.jsonl with the kept records; append the rest to the dropped file."""
+        kept, dropped = [], []
+        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                record = None  # a line cut by a kill
+            (kept if isinstance(record, dict) and keep(record) else dropped).append(line)
+        if dropped:
+            with open(self.run_dir / DROPPED_FILE, "a", encoding="utf-8") as f:
+                f.write("\n".join(dropped) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        os.replace(tmp, self.path)
 
     def log(self, phase: str, step: int, metrics: dict[str, float]) -> None:
         """Write one line {"phase", "step", **metrics, "time"} and the numeric TB scalars."""

@@ -1,10 +1,10 @@
 """Where sampling meets verification: problems in, scored episodes out.
 
 The engine speaks token ids, the tasks speak text; this room turns one into the other.
-Each problem is prompted once and sampled `num_samples` times (a GRPO group); every
-completion is decoded, verified by its task and scored:
-
-    reward = accuracy_weight * accuracy + format_weight * format
+Each problem is prompted once and sampled `num_samples` times (a GRPO group). As each
+completion finishes, it is decoded and handed to the `Scorer` (rlvr/rewards.py), whose
+verifier workers grade it while the engine decodes the rest; the episode's reward is the
+weighted sum of its reward parts.
 
 Every episode carries the `policy_version` that sampled it, so a learner can tell how stale
 it is (synchronous training is staleness 0).
@@ -13,11 +13,12 @@ it is (synchronous training is staleness 0).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from rlvr.engine import Engine
+from rlvr.engine import Completion, Engine
+from rlvr.rewards import Scorer
 from rlvr.tasks import Problem
 from rlvr.tokenizer import EMPTY_THINK, CharTokenizer, format_prompt
 from rlvr.verifiers import Verdict
@@ -36,6 +37,10 @@ class Episode:
     """The response text after the prompt, starting at <think> (prefill included)."""
     verdict: Verdict
     reward: float
+    parts: dict[str, float] = field(default_factory=dict)
+    """The named reward parts (accuracy, format, overlong, user functions), unweighted."""
+    bad_rewards: int = 0
+    """Reward parts that were NaN or infinite and were scored 0."""
 
     @property
     def thought(self) -> bool:
@@ -54,7 +59,7 @@ def prompt_text(problem: Problem, think: bool | None) -> str:
 def rollout(
     engine: Engine,
     tokenizer: CharTokenizer,
-    task,
+    scorer: Scorer,
     problems: Sequence[Problem],
     *,
     num_samples: int,
@@ -65,12 +70,19 @@ def rollout(
     generator: torch.Generator | None = None,
     policy_version: int = 0,
     think: bool | None = None,
-    accuracy_weight: float = 1.0,
-    format_weight: float = 0.0,
 ) -> list[Episode]:
     """Sample `num_samples` completions per problem and score each; group-major order."""
     prefill = EMPTY_THINK if think is False else ""
     prompts = [tokenizer.encode(prompt_text(p, think)) for p in problems]
+    pending: dict[tuple[int, int], tuple[str, dict]] = {}
+
+    def verify_now(c: Completion) -> None:
+        response = prefill + tokenizer.decode(c.token_ids)
+        pending[c.prompt_index, c.sample_index] = (
+            response,
+            scorer.submit(response, problems[c.prompt_index]),
+        )
+
     completions = engine.generate(
         prompts,
         num_samples=num_samples,
@@ -80,25 +92,25 @@ def rollout(
         top_k=top_k,
         stop_token_ids=[tokenizer.eos_id],
         generator=generator,
+        on_complete=verify_now,
     )
     episodes = []
     for c in completions:
-        problem = problems[c.prompt_index]
-        response = prefill + tokenizer.decode(c.token_ids)
-        verdict = task.verify(response, problem)
-        accuracy = verdict.components.get("accuracy", verdict.reward)
-        fmt = verdict.components.get("format", 0.0)
+        response, handles = pending[c.prompt_index, c.sample_index]
+        scored = scorer.score(handles, num_tokens=len(c.token_ids))
         episodes.append(
             Episode(
-                problem=problem,
+                problem=problems[c.prompt_index],
                 prompt_ids=prompts[c.prompt_index],
                 completion_ids=c.token_ids,
                 logprobs=c.logprobs,
                 finish_reason=c.finish_reason,
                 policy_version=policy_version,
                 response=response,
-                verdict=verdict,
-                reward=accuracy_weight * accuracy + format_weight * fmt,
+                verdict=scored.verdict,
+                reward=scored.reward,
+                parts=scored.parts,
+                bad_rewards=scored.bad,
             )
         )
     return episodes

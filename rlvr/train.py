@@ -1,10 +1,11 @@
 """The training loops, readable top to bottom: pretrain from scratch, then GRPO.
 
     rlvr train recipes/demo.toml --grpo.beta 0.02
+    rlvr train --resume runs/demo-20261125-101500        # continue a stopped or killed run
 
 `run(cfg)` is the whole job: pretrain -> evaluate -> GRPO -> evaluate, writing a run folder
-(config.toml, metrics.jsonl, tensorboard/, plots/, samples/, pretrained/, checkpoint/,
-summary.json).
+(config.toml, metrics.jsonl, tensorboard/, plots/, samples/, pretrained/, checkpoints/,
+checkpoint/, summary.json).
 
 GRPO here follows DeepSeekMath (Shao et al. 2024) with these choices, all in the config:
 - advantages are z-scores within each group of k samples (`grpo.scale_rewards = false` gives
@@ -16,6 +17,12 @@ GRPO here follows DeepSeekMath (Shao et al. 2024) with these choices, all in the
   paper does; beta = 0 loads no reference model;
 - the "old" logprobs of the ratio are the sampler's, taken at sampling time; each batch is
   used for `num_iterations` (mu) optimizer passes.
+
+Runs survive: every `checkpoint.every` steps (and at the end of each phase) a resumable
+checkpoint holds the weights, optimizer, RNG states and data position, so a resumed run
+continues exactly where the checkpoint was taken. SIGINT/SIGTERM stop at the next step
+boundary with a checkpoint. An update whose loss or gradient is NaN or infinite is skipped
+and counted; `max_bad_steps` such steps in a row stop the run with a message.
 """
 
 from __future__ import annotations
@@ -24,8 +31,10 @@ import copy
 import json
 import math
 import random
+import signal
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -41,12 +50,21 @@ from rlvr.algorithms import (
     group_advantages,
     token_logprobs,
 )
-from rlvr.checkpoint import load_checkpoint, save_checkpoint
-from rlvr.config import Config, to_toml
+from rlvr.checkpoint import (
+    checkpoint_dir,
+    latest_checkpoint,
+    load_checkpoint,
+    load_trainer_state,
+    prune_checkpoints,
+    save_checkpoint,
+)
+from rlvr.config import Config, ConfigError, to_toml
 from rlvr.engine import Engine
+from rlvr.errors import StopRequested, TrainingError
 from rlvr.evaluate import evaluate
 from rlvr.model import Transformer
 from rlvr.report import RunLogger, plot_metrics, write_samples
+from rlvr.rewards import Scorer, open_pool
 from rlvr.rollout import Episode, rollout
 from rlvr.tasks import TASKS, Problem
 from rlvr.tokenizer import EOS, CharTokenizer, format_prompt
@@ -63,11 +81,16 @@ def seed_everything(seed: int, threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def make_run_dir(cfg: Config) -> Path:
+def make_run_dir(cfg: Config, resume: bool = False) -> Path:
     if cfg.run_dir:
         path = Path(cfg.run_dir)
     else:
         path = Path(cfg.runs_dir) / f"{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    if not resume and path.is_dir() and any(path.iterdir()):
+        raise ConfigError(
+            f"{path} already holds a run; continue it with `rlvr train --resume {path}` or "
+            "choose another --out."
+        )
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -75,12 +98,10 @@ def make_run_dir(cfg: Config) -> Path:
 def make_task(cfg: Config):
     try:
         return TASKS[cfg.task.name](**cfg.task.options)
-    except TypeError as e:
-        from rlvr.config import ConfigError
-
-        raise ConfigError(
-            f"task.options do not fit task {cfg.task.name!r} ({e}); check the option names."
-        ) from e
+    except (TypeError, ValueError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"task {cfg.task.name!r}: {e}".rstrip(".") + ".") from e
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
@@ -100,16 +121,99 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 @contextmanager
-def progress_bar(description: str, total: int) -> Iterator:
+def progress_bar(description: str, total: int, done: int = 0) -> Iterator:
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeRemainingColumn(), TextColumn("{task.fields[info]}")]  # fmt: skip
     with Progress(*columns, console=console, transient=False) as progress:
-        task_id = progress.add_task(description, total=total, info="")
+        task_id = progress.add_task(description, total=total, completed=done, info="")
 
         def advance(info: str = "") -> None:
             progress.update(task_id, advance=1, info=info)
 
         yield advance
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[Callable[[], bool]]:
+    """Turn the first SIGINT/SIGTERM into a request to stop at the next step boundary.
+
+    Yields a function that says whether a stop was requested. A second Ctrl-C interrupts at
+    once (KeyboardInterrupt); the last checkpoint is intact either way.
+    """
+    requested: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False  # signal handlers can only be set from the main thread
+        return
+
+    def handler(signum, frame) -> None:
+        if requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        requested.append(signum)
+        console.print(f"[yellow]{signal.Signals(signum).name}: stopping after this step ...")
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield lambda: bool(requested)
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+class Checkpointer:
+    """Writes resumable checkpoints into run_dir/checkpoints and keeps the newest few."""
+
+    def __init__(self, run_dir: Path, cfg: Config, tokenizer: CharTokenizer) -> None:
+        self.run_dir, self.cfg, self.tokenizer = run_dir, cfg, tokenizer
+        self.last: Path | None = latest_checkpoint(run_dir)
+
+    def due(self, step: int, last_step: int) -> bool:
+        every = self.cfg.checkpoint.every
+        return step == last_step or (every > 0 and step % every == 0)
+
+    def save(self, phase: str, step: int, model: Transformer, trainer_state: dict) -> Path:
+        path = checkpoint_dir(self.run_dir, phase, step)
+        try:
+            save_checkpoint(path, model, self.tokenizer, self.cfg,
+                            {"phase": phase, "step": step, "policy_version": step}, trainer_state)  # fmt: skip
+        except OSError as e:
+            kept = f"{self.last} is intact" if self.last else "no earlier checkpoint exists"
+            raise TrainingError(
+                f"Could not write checkpoint {path} ({e.strerror or e}); {kept}: free space and "
+                f"resume with `rlvr train --resume {self.run_dir}`."
+            ) from e
+        self.last = path
+        prune_checkpoints(self.run_dir, self.cfg.checkpoint.keep)
+        return path
+
+
+def finite_update(
+    loss: torch.Tensor, model: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float
+) -> torch.Tensor | None:
+    """Backpropagate and step, unless the loss or the gradient is NaN or infinite.
+
+    Returns the gradient norm, or None when the update was skipped (the weights and the
+    optimizer state are untouched then).
+    """
+    optimizer.zero_grad(set_to_none=True)
+    if not torch.isfinite(loss):
+        return None
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or float("inf"))
+    if not torch.isfinite(grad_norm):
+        optimizer.zero_grad(set_to_none=True)
+        return None
+    optimizer.step()
+    return grad_norm
+
+
+def too_many_bad_steps(cfg: Config, phase: str, step: int, bad_in_row: int, last: Path | None):
+    if cfg.max_bad_steps and bad_in_row >= cfg.max_bad_steps:
+        where = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+        raise TrainingError(
+            f"{phase} step {step}: the loss or gradient was NaN or infinite for {bad_in_row} "
+            f"steps in a row, so the run stopped ({where}); lower the learning rate or check "
+            "the reward functions, then resume with `rlvr train --resume {cfg.run_dir or 'RUN_DIR'}`."
+        )
 
 
 # ----------------------------------------------------------------------------- pretraining
@@ -147,16 +251,29 @@ def pretrain_batch(task, tokenizer: CharTokenizer, rng: random.Random, cfg: Conf
 
 
 def pretrain(
-    model: Transformer, tokenizer: CharTokenizer, task, cfg: Config, logger: RunLogger
+    model: Transformer,
+    tokenizer: CharTokenizer,
+    task,
+    cfg: Config,
+    logger: RunLogger,
+    checkpointer: Checkpointer,
+    should_stop: Callable[[], bool],
+    resume: dict | None = None,
 ) -> None:
-    """Next-token training on synthetic solutions, from random weights."""
+    """Next-token training on synthetic solutions, from random weights (or a checkpoint)."""
     p = cfg.pretrain
     rng = random.Random(cfg.seed + 1)
     optimizer = make_optimizer(model, p.lr, p.weight_decay)
+    first, bad_in_row = 1, 0
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        rng.setstate(resume["rng"])
+        torch.set_rng_state(resume["torch_rng"])
+        first, bad_in_row = resume["step"] + 1, resume["bad_in_row"]
     model.train()
-    tokens, t_start = 0, time.perf_counter()
-    with progress_bar("pretrain", p.steps) as advance:
-        for step in range(1, p.steps + 1):
+    tokens, skipped, t_start = 0, 0, time.perf_counter()
+    with progress_bar("pretrain", p.steps, done=first - 1) as advance:
+        for step in range(first, p.steps + 1):
             # Right padding needs no attention mask: causal attention never looks ahead.
             batches = pretrain_batch(task, tokenizer, rng, cfg, step)
             num_targets = sum(mask.sum() for _, mask in batches)
@@ -179,14 +296,30 @@ def pretrain(
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 model.parameters(), p.grad_clip or float("inf")
             )
-            optimizer.step()
+            if torch.isfinite(loss) and torch.isfinite(grad_norm):
+                optimizer.step()
+                bad_in_row = 0
+            else:  # skip it: the weights and the optimizer state stay as they were
+                skipped, bad_in_row = skipped + 1, bad_in_row + 1
+                too_many_bad_steps(cfg, "pretrain", step, bad_in_row, checkpointer.last)
 
             tokens += sum(int((ids != tokenizer.pad_id).sum()) for ids, _ in batches)
             if step % 25 == 0 or step == p.steps:
                 elapsed = time.perf_counter() - t_start
                 logger.log("pretrain", step, {"loss": loss.item(), "lr": lr, "grad_norm": grad_norm.item(),
+                                              "skipped_updates": skipped,
                                               "tokens_per_second": tokens / elapsed})  # fmt: skip
             advance(f"loss {loss.item():.3f}")
+
+            stop = should_stop()
+            if stop or checkpointer.due(step, p.steps):
+                checkpointer.save("pretrain", step, model, {
+                    "phase": "pretrain", "step": step, "optimizer": optimizer.state_dict(),
+                    "rng": rng.getstate(), "torch_rng": torch.get_rng_state(),
+                    "bad_in_row": bad_in_row,
+                })  # fmt: skip
+            if stop and step < p.steps:
+                raise StopRequested(f"pretraining step {step}", str(checkpointer.run_dir))
 
 
 # ----------------------------------------------------------------------------- GRPO
@@ -223,19 +356,46 @@ def sequence_logprobs(
     return token_logprobs(logits, batch["input_ids"][:, 1:], temperature), logits
 
 
-def train_problems(task, cfg: Config) -> Iterator[list[Problem]]:
-    """An endless, seeded stream of training problem batches for GRPO."""
-    round_ = 0
-    while True:
-        pool = task.problems("train", cfg.grpo.num_prompts * 50, seed=cfg.seed * 7919 + 17 + round_)
-        for i in range(0, len(pool) - cfg.grpo.num_prompts + 1, cfg.grpo.num_prompts):
-            yield pool[i : i + cfg.grpo.num_prompts]
-        round_ += 1
+class ProblemStream:
+    """The seeded, endless stream of GRPO training batches, addressable by batch index.
+
+    Batch i is the same for the same seed however the run got there, so a resumed run picks
+    up at the index its checkpoint saved.
+    """
+
+    BATCHES_PER_ROUND = 50
+
+    def __init__(self, task, cfg: Config) -> None:
+        self.task, self.seed, self.size = task, cfg.seed, cfg.grpo.num_prompts
+        self._round, self._pool = -1, []
+
+    def batch(self, index: int) -> list[Problem]:
+        round_, offset = divmod(index, self.BATCHES_PER_ROUND)
+        if round_ != self._round:
+            self._pool = self.task.problems(
+                "train", self.size * self.BATCHES_PER_ROUND, seed=self.seed * 7919 + 17 + round_
+            )
+            self._round = round_
+        return self._pool[offset * self.size : (offset + 1) * self.size]
 
 
-def grpo(policy: Transformer, tokenizer: CharTokenizer, task, cfg: Config, logger: RunLogger,
-         eval_problems: list[Problem]) -> float:  # fmt: skip
-    """GRPO; returns the mean seconds per step (sampling + verification + update)."""
+def grpo(
+    policy: Transformer,
+    tokenizer: CharTokenizer,
+    task,
+    scorer: Scorer,
+    cfg: Config,
+    logger: RunLogger,
+    eval_problems: list[Problem],
+    checkpointer: Checkpointer,
+    should_stop: Callable[[], bool],
+    resume: dict | None = None,
+    before: dict | None = None,
+) -> float:
+    """GRPO; returns the mean seconds per step (sampling + verification + update).
+
+    `before` (the evaluation before GRPO) is stored in each checkpoint for the run summary.
+    """
     g = cfg.grpo
     reference = None
     if g.beta > 0:
@@ -244,21 +404,32 @@ def grpo(policy: Transformer, tokenizer: CharTokenizer, task, cfg: Config, logge
     engine = Engine(policy, pad_id=tokenizer.pad_id)
     generator = torch.Generator().manual_seed(cfg.seed + 2)
     shuffle = torch.Generator().manual_seed(cfg.seed + 3)
-    problems = train_problems(task, cfg)
+    problems = ProblemStream(task, cfg)
+    first, batches_drawn, bad_in_row = 1, 0, 0
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        generator.set_state(resume["generator"])
+        shuffle.set_state(resume["shuffle"])
+        if reference is not None:
+            reference.load_state_dict(resume["reference"])
+        first, batches_drawn = resume["step"] + 1, resume["batches_drawn"]
+        bad_in_row = resume["bad_in_row"]
     step_seconds = []
 
-    with progress_bar("grpo", g.steps) as advance:
-        for step in range(1, g.steps + 1):
+    with progress_bar("grpo", g.steps, done=first - 1) as advance:
+        for step in range(first, g.steps + 1):
             t0 = time.perf_counter()
 
-            # 1. Sample k completions per problem with the current policy, and verify them.
+            # 1. Sample k completions per problem with the current policy; each is verified
+            #    in the scorer's workers as soon as the engine finishes it.
             policy.eval()
             episodes = rollout(
-                engine, tokenizer, task, next(problems), num_samples=g.group_size,
-                max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
-                top_k=g.top_k, generator=generator, policy_version=step - 1,
-                accuracy_weight=g.accuracy_weight, format_weight=g.format_weight,
+                engine, tokenizer, scorer, problems.batch(batches_drawn),
+                num_samples=g.group_size, max_new_tokens=g.max_new_tokens,
+                temperature=g.temperature, top_p=g.top_p, top_k=g.top_k, generator=generator,
+                policy_version=step - 1,
             )  # fmt: skip
+            batches_drawn += 1
             t_sampled = time.perf_counter()
 
             # 2. Group-relative advantages.
@@ -277,6 +448,7 @@ def grpo(policy: Transformer, tokenizer: CharTokenizer, task, cfg: Config, logge
             set_lr(optimizer, g.lr * min(1.0, step / max(1, g.warmup_steps)))
             stats: dict[str, list[float]] = {}
             num_groups = len(episodes) // g.group_size
+            updates = skipped = 0
             for _ in range(g.num_iterations):
                 order = torch.randperm(num_groups, generator=shuffle)
                 for group_ids in order.chunk(g.num_minibatches):
@@ -290,12 +462,11 @@ def grpo(policy: Transformer, tokenizer: CharTokenizer, task, cfg: Config, logge
                         epsilon_low=g.epsilon, epsilon_high=g.epsilon_high,
                         ref_logprobs=mb.get("ref_logprobs"), beta=g.beta,
                     )  # fmt: skip
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    grad_norm = torch.nn.utils.clip_grad_norm_(
-                        policy.parameters(), g.grad_clip or float("inf")
-                    )
-                    optimizer.step()
+                    grad_norm = finite_update(loss, policy, optimizer, g.grad_clip)
+                    updates += 1
+                    if grad_norm is None:
+                        skipped += 1
+                        continue
                     with torch.no_grad():
                         entropy = entropy_from_logits(logits.detach())
                         mask = mb["completion_mask"]
@@ -304,34 +475,54 @@ def grpo(policy: Transformer, tokenizer: CharTokenizer, task, cfg: Config, logge
                     loss_stats["loss"] = loss.detach()
                     for key, value in loss_stats.items():
                         stats.setdefault(key, []).append(float(value))
+            bad_in_row = bad_in_row + 1 if skipped == updates else 0
             t_end = time.perf_counter()
             step_seconds.append(t_end - t0)
 
+            n = len(episodes)
             num_tokens = sum(len(ep.completion_ids) for ep in episodes)
+            parts: dict[str, float] = {}
+            for ep in episodes:
+                for name, value in ep.parts.items():
+                    parts[f"reward/{name}"] = parts.get(f"reward/{name}", 0.0) + value / n
             metrics = {
                 "reward": rewards.mean().item(),
-                "accuracy": sum(ep.verdict.components.get("accuracy", 0.0) for ep in episodes)
-                / len(episodes),
-                "format_rate": sum(ep.verdict.components.get("format", 0.0) for ep in episodes)
-                / len(episodes),
-                "think_rate": sum(ep.thought for ep in episodes) / len(episodes),
-                "response_length": num_tokens / len(episodes),
-                "truncated_rate": sum(ep.finish_reason == "length" for ep in episodes)
-                / len(episodes),
+                "accuracy": sum(ep.parts.get("accuracy", 0.0) for ep in episodes) / n,
+                "format_rate": sum(ep.parts.get("format", 0.0) for ep in episodes) / n,
+                **parts,
+                "think_rate": sum(ep.thought for ep in episodes) / n,
+                "response_length": num_tokens / n,
+                "truncated_rate": sum(ep.finish_reason == "length" for ep in episodes) / n,
+                "verifier_failures": sum(ep.verdict.status in ("timeout", "error") for ep in episodes),
+                "bad_rewards": sum(ep.bad_rewards for ep in episodes),
+                "skipped_updates": skipped,
                 **{key: sum(v) / len(v) for key, v in stats.items()},
                 "policy_version": step,
                 "step_seconds": t_end - t0,
                 "sample_seconds": t_sampled - t0,
                 "tokens_per_second": num_tokens / (t_end - t0),
-            }
+            }  # fmt: skip
             logger.log("grpo", step, metrics)
             advance(f"reward {metrics['reward']:.2f}  think {metrics['think_rate']:.2f}")
+            too_many_bad_steps(cfg, "GRPO", step, bad_in_row, checkpointer.last)
 
             if g.eval_every and step % g.eval_every == 0 and step < g.steps:
-                eval_metrics, samples = evaluate(policy, tokenizer, task, eval_problems, cfg.eval,
-                                                 seed=cfg.seed, sampled=False)  # fmt: skip
+                eval_metrics, samples = evaluate(policy, tokenizer, scorer, eval_problems,
+                                                 cfg.eval, seed=cfg.seed, sampled=False)  # fmt: skip
                 logger.log("eval", step, eval_metrics)
                 write_samples(logger.run_dir, f"grpo-step{step:05d}", samples)
+
+            stop = should_stop()
+            if stop or checkpointer.due(step, g.steps):
+                checkpointer.save("grpo", step, policy, {
+                    "phase": "grpo", "step": step, "optimizer": optimizer.state_dict(),
+                    "generator": generator.get_state(), "shuffle": shuffle.get_state(),
+                    "batches_drawn": batches_drawn, "bad_in_row": bad_in_row,
+                    "reference": reference.state_dict() if reference is not None else None,
+                    "before": before or {},
+                })  # fmt: skip
+            if stop and step < g.steps:
+                raise StopRequested(f"GRPO step {step}", str(checkpointer.run_dir))
 
     # the first step pays one-off costs (allocations, warm caches); report the steady state
     steady = step_seconds[1:] or step_seconds
@@ -341,23 +532,41 @@ def grpo(policy: Transformer, tokenizer: CharTokenizer, task, cfg: Config, logge
 # ----------------------------------------------------------------------------- the whole job
 
 
-def run(cfg: Config) -> tuple[Path, dict]:
-    """Pretrain (or load) -> evaluate -> GRPO -> evaluate. Returns the run folder and summary."""
+def run(cfg: Config, resume: bool = False) -> tuple[Path, dict]:
+    """Pretrain (or load) -> evaluate -> GRPO -> evaluate. Returns the run folder and summary.
+
+    resume: continue the run in cfg.run_dir from its latest resumable checkpoint (exactly:
+    the same weights and metrics as a run that was never stopped, for the same thread count).
+    """
     t_start = time.perf_counter()
     seed_everything(cfg.seed, cfg.threads)
-    run_dir = make_run_dir(cfg)
-    (run_dir / "config.toml").write_text(to_toml(cfg))
+    run_dir = make_run_dir(cfg, resume)
+    cfg.run_dir = str(run_dir)
     task = make_task(cfg)
     eval_problems = task.problems("test", cfg.eval.num_problems, seed=cfg.seed)
+    start = latest_checkpoint(run_dir) if resume else None
+    state = load_trainer_state(start) if start else None
+    if not resume:
+        (run_dir / "config.toml").write_text(to_toml(cfg))
     summary: dict = {
         "run_dir": str(run_dir),
         "task": cfg.task.name,
         "seed": cfg.seed,
         "threads": cfg.threads,
     }
+    if start:
+        console.print(f"resuming from {start}")
+        summary["resumed_from"] = str(start)
 
-    with RunLogger(run_dir) as logger:
-        if cfg.init_from:
+    with (
+        RunLogger(run_dir, keep=_kept_records(state)) as logger,
+        open_pool(cfg.reward, preload=(type(task).__module__,)) as pool,
+        stop_on_signals() as should_stop,
+    ):
+        scorer = Scorer(task, cfg.reward, cfg.grpo.max_new_tokens, pool)
+        if state:
+            policy, tokenizer, _, _ = load_checkpoint(start)
+        elif cfg.init_from:
             policy, tokenizer, _, _ = load_checkpoint(cfg.init_from)
             console.print(f"loaded {cfg.init_from}")
         else:
@@ -365,31 +574,37 @@ def run(cfg: Config) -> tuple[Path, dict]:
             cfg.model.vocab_size = tokenizer.vocab_size
             policy = Transformer(cfg.model)
             console.print(f"model: {policy.num_parameters() / 1e6:.2f}M parameters")
-            if cfg.pretrain.steps > 0:
-                t0 = time.perf_counter()
-                pretrain(policy, tokenizer, task, cfg, logger)
-                summary["pretrain_seconds"] = time.perf_counter() - t0
-                save_checkpoint(
-                    run_dir / "pretrained", policy, tokenizer, cfg, {"phase": "pretrain"}
-                )
+        checkpointer = Checkpointer(run_dir, cfg, tokenizer)
         summary["num_parameters"] = policy.num_parameters()
 
-        console.print("evaluating the starting policy ...")
-        before, samples = evaluate(policy, tokenizer, task, eval_problems, cfg.eval, seed=cfg.seed)
-        logger.log("eval", 0, before)
-        write_samples(run_dir, "before-grpo", samples)
+        in_grpo = state is not None and state["phase"] == "grpo"
+        if not cfg.init_from and cfg.pretrain.steps > 0 and not in_grpo:
+            t0 = time.perf_counter()
+            pretrain(policy, tokenizer, task, cfg, logger, checkpointer, should_stop,
+                     resume=state)  # fmt: skip
+            summary["pretrain_seconds"] = time.perf_counter() - t0
+            save_checkpoint(run_dir / "pretrained", policy, tokenizer, cfg, {"phase": "pretrain"})
+
+        if in_grpo:
+            before = state["before"]
+        else:
+            console.print("evaluating the starting policy ...")
+            before, samples = evaluate(policy, tokenizer, scorer, eval_problems, cfg.eval,
+                                       seed=cfg.seed)  # fmt: skip
+            logger.log("eval", 0, before)
+            write_samples(run_dir, "before-grpo", samples)
 
         after = before
         if cfg.grpo.steps > 0:
             t0 = time.perf_counter()
             summary["grpo_seconds_per_step"] = grpo(
-                policy, tokenizer, task, cfg, logger, eval_problems
-            )
+                policy, tokenizer, task, scorer, cfg, logger, eval_problems, checkpointer,
+                should_stop, resume=state if in_grpo else None, before=before,
+            )  # fmt: skip
             summary["grpo_seconds"] = time.perf_counter() - t0
             console.print("evaluating the trained policy ...")
-            after, samples = evaluate(
-                policy, tokenizer, task, eval_problems, cfg.eval, seed=cfg.seed
-            )
+            after, samples = evaluate(policy, tokenizer, scorer, eval_problems, cfg.eval,
+                                      seed=cfg.seed)  # fmt: skip
             logger.log("eval", cfg.grpo.steps, after)
             write_samples(run_dir, "after-grpo", samples)
         save_checkpoint(run_dir / "checkpoint", policy, tokenizer, cfg,
@@ -404,3 +619,16 @@ def run(cfg: Config) -> tuple[Path, dict]:
     summary["wall_seconds"] = time.perf_counter() - t_start
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return run_dir, {"before": before, "after": after, **summary}
+
+
+def _kept_records(state: dict | None) -> Callable[[dict], bool]:
+    """Which metrics.jsonl records a resumed run keeps: those logged up to its checkpoint.
+
+    Records after the checkpoint are logged again by the resumed run; the old copies move to
+    metrics.dropped.jsonl (nothing is deleted).
+    """
+    if state is None:
+        return lambda record: False  # a fresh start (or a resume with no checkpoint yet)
+    if state["phase"] == "pretrain":
+        return lambda r: r.get("phase") == "pretrain" and r.get("step", 0) <= state["step"]
+    return lambda r: r.get("phase") == "pretrain" or r.get("step", 0) <= state["step"]

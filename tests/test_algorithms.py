@@ -6,11 +6,19 @@ import pytest
 import torch
 
 from rlvr.algorithms import (
+    ADVANTAGE_ESTIMATORS,
+    LOSS_TYPES,
     clipped_policy_loss,
+    combine_rewards,
+    compute_advantages,
     entropy_from_logits,
     group_advantages,
     kl_k3,
+    mask_truncated,
     masked_mean,
+    overlong_penalty,
+    policy_loss,
+    sampler_correction,
     token_logprobs,
 )
 
@@ -312,3 +320,616 @@ def test_gradient_step_moves_probability_toward_positive_advantage():
     after = torch.softmax(logits.detach(), -1)
     assert after[0, 0, 0] > before[0, 0, 0]
     assert after[1, 0, 1] < before[1, 0, 1]
+
+
+# ---------------------------------------------------------------- compute_advantages
+
+EPS = 1e-4
+
+
+def test_every_estimator_hand_computed():
+    # Two prompts, k = 4. Group 1 [1, 0, 0, 1]: mean 0.5, centred +-0.5. Group 2 all 1: zero.
+    #   grpo:         +-0.5 / (std_g + eps),  std_g = sqrt(4 * 0.25 / 3) = sqrt(1/3)
+    #   dr_grpo:      +-0.5
+    #   rloo:         4/3 * +-0.5 = +-2/3     (1 - mean(0, 0, 1) = 2/3)
+    #   batch_std:    +-0.5 / (std(r) + eps), r has mean 0.75, squares 6 * 0.0625 + 2 * 0.5625
+    #                 = 1.5, std(r) = sqrt(1.5 / 7) = 0.46291
+    #   reinforce_pp: centred [.5, -.5, -.5, .5, 0, 0, 0, 0] has mean 0 and
+    #                 std sqrt(1 / 7) = 0.37796 -> +-0.5 / (0.37796 + eps)
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+    sign = torch.tensor([1.0, -1.0, -1.0, 1.0, 0.0, 0.0, 0.0, 0.0])
+    expected = {
+        "grpo": 0.5 / (math.sqrt(1 / 3) + EPS),
+        "dr_grpo": 0.5,
+        "rloo": 2 / 3,
+        "batch_std": 0.5 / (math.sqrt(1.5 / 7) + EPS),
+        "reinforce_pp": 0.5 / (math.sqrt(1 / 7) + EPS),
+    }
+    assert set(expected) == set(ADVANTAGE_ESTIMATORS)
+    for estimator, a in expected.items():
+        adv = compute_advantages(rewards, 4, estimator)
+        torch.testing.assert_close(adv, a * sign, msg=estimator)
+        assert torch.equal(adv[4:], torch.zeros(4)), estimator  # the constant group: exactly 0
+
+
+def test_rloo_is_leave_one_out():
+    # [3, 1, 2]: 3 - mean(1, 2) = 1.5; 1 - mean(3, 2) = -1.5; 2 - mean(3, 1) = 0
+    adv = compute_advantages(torch.tensor([3.0, 1.0, 2.0]), 3, "rloo")
+    torch.testing.assert_close(adv, torch.tensor([1.5, -1.5, 0.0]))
+
+
+@pytest.mark.parametrize("estimator", ADVANTAGE_ESTIMATORS)
+def test_all_equal_groups_give_exactly_zero_for_every_estimator(estimator):
+    # 0.1 and 0.7 are inexact in binary: the zeros must be explicit, not cancellation.
+    constant = torch.tensor([0.1, 0.1, 0.1, 1.0, 1.0, 1.0, 0.7, 0.7, 0.7])
+    assert torch.equal(compute_advantages(constant, 3, estimator), torch.zeros(9))
+    # Next to a group with spread (which moves the batch-level statistics) still exactly 0.
+    mixed = torch.tensor([0.1, 0.1, 0.1, 0.3, 0.9, 0.0])
+    adv = compute_advantages(mixed, 3, estimator)
+    assert torch.equal(adv[:3], torch.zeros(3))
+    assert (adv[3:] != 0).all() and torch.isfinite(adv).all()
+
+
+@pytest.mark.parametrize("estimator", ADVANTAGE_ESTIMATORS)
+def test_group_of_one_and_batch_of_one_give_zero(estimator):
+    assert torch.equal(
+        compute_advantages(torch.tensor([1.0, 0.0, 0.5]), 1, estimator), torch.zeros(3)
+    )
+    assert torch.equal(compute_advantages(torch.tensor([1.0]), 1, estimator), torch.zeros(1))
+
+
+def test_one_prompt_batch_level_estimators_equal_grpo():
+    # With a single group, the batch std of the raw rewards (batch_std) and of the centred
+    # rewards (reinforce_pp) are the group std.
+    rewards = torch.tensor([1.0, 0.0, 0.5, 1.0, 0.25])
+    grpo = compute_advantages(rewards, 5, "grpo")
+    torch.testing.assert_close(compute_advantages(rewards, 5, "batch_std"), grpo)
+    torch.testing.assert_close(compute_advantages(rewards, 5, "reinforce_pp"), grpo)
+
+
+def test_compute_advantages_rejects_bad_input():
+    with pytest.raises(ValueError, match="rloo"):
+        compute_advantages(torch.zeros(4), 2, "ppo")
+    with pytest.raises(ValueError, match="groups of 4"):
+        compute_advantages(torch.zeros(6), 4, "rloo")
+
+
+# ---------------------------------------------------------------- combine_rewards
+
+
+def test_combine_rewards_hand_computed():
+    # One prompt, k = 4, rewards (accuracy, format), weights (1, 0.5).
+    #   sum_then_normalize, dr_grpo: sums [1.5, 0.5, 1, 0], mean 0.75 -> [.75, -.25, .25, -.75]
+    #   normalize_then_sum, grpo: each column is [1, 0, 1, 0] or [1, 1, 0, 0] -> +-a,
+    #       a = 0.5 / (sqrt(1/3) + eps); sum [a + .5a, -a + .5a, a - .5a, -a - .5a]
+    #       = a * [1.5, -0.5, 0.5, -1.5]
+    #   gdpo: batch z-score of that: mean 0, std = a * sqrt((2.25 + .25 + .25 + 2.25) / 3)
+    rewards = torch.tensor([[1.0, 1.0], [0.0, 1.0], [1.0, 0.0], [0.0, 0.0]])
+    weights = torch.tensor([1.0, 0.5])
+    adv = combine_rewards(rewards, weights, 4, "dr_grpo", "sum_then_normalize")
+    torch.testing.assert_close(adv, torch.tensor([0.75, -0.25, 0.25, -0.75]))
+    a = 0.5 / (math.sqrt(1 / 3) + EPS)
+    summed = a * torch.tensor([1.5, -0.5, 0.5, -1.5])
+    adv = combine_rewards(rewards, weights, 4, "grpo", "normalize_then_sum")
+    torch.testing.assert_close(adv, summed)
+    adv = combine_rewards(rewards, weights, 4, "grpo", "gdpo")
+    torch.testing.assert_close(adv, summed / (a * math.sqrt(5 / 3) + EPS))
+
+
+def test_combine_rewards_normalize_first_keeps_a_small_reward_audible():
+    # Equal weights, GRPO. Accuracy is worth 2 and format 1. Summed first ([3, 1, 2, 0]),
+    # format moves a sample half as far as accuracy does; normalised first, each reward moves
+    # it by its own z-score step (2 / (std 1.1547 + eps) vs 1 / (std 0.57735 + eps)): equal.
+    rewards = torch.tensor([[2.0, 1.0], [0.0, 1.0], [2.0, 0.0], [0.0, 0.0]])
+    weights = torch.ones(2)
+    first_sum = combine_rewards(rewards, weights, 4, "grpo", "sum_then_normalize")
+    first_norm = combine_rewards(rewards, weights, 4, "grpo", "normalize_then_sum")
+    format_step, accuracy_step = first_sum[0] - first_sum[2], first_sum[0] - first_sum[1]
+    torch.testing.assert_close(format_step, accuracy_step / 2)
+    format_step, accuracy_step = first_norm[0] - first_norm[2], first_norm[0] - first_norm[1]
+    torch.testing.assert_close(format_step, accuracy_step, rtol=1e-3, atol=0)
+
+
+def test_combine_rewards_gdpo_example_sum_first_collapses_groups():
+    # Two groups of two, rewards (accuracy, format). Group 1 [(0, 1), (0, 0)]: sums [1, 0];
+    # group 2 [(1, 1), (0, 0)]: sums [2, 0]. GRPO on the sums: +-0.5 / (std 0.7071 + eps) and
+    # +-1 / (std 1.4142 + eps), the same up to eps. Per reward first: group 1 +-a (format
+    # only), group 2 +-2a (both), a = 0.5 / (0.7071 + eps).
+    rewards = torch.tensor([[0.0, 1.0], [0.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
+    weights = torch.ones(2)
+    first_sum = combine_rewards(rewards, weights, 2, "grpo", "sum_then_normalize")
+    torch.testing.assert_close(first_sum[2:], first_sum[:2], rtol=1e-3, atol=0)
+    a = 0.5 / (math.sqrt(0.5) + EPS)
+    first_norm = combine_rewards(rewards, weights, 2, "grpo", "normalize_then_sum")
+    torch.testing.assert_close(first_norm, torch.tensor([a, -a, 2 * a, -2 * a]))
+
+
+@pytest.mark.parametrize("mode", ["sum_then_normalize", "normalize_then_sum", "gdpo"])
+@pytest.mark.parametrize("estimator", ADVANTAGE_ESTIMATORS)
+def test_combine_rewards_constant_group_is_zero(mode, estimator):
+    rewards = torch.tensor([[1.0, 0.2], [0.0, 0.9], [1.0, 0.2], [0.3, 0.3], [0.3, 0.3]])
+    rewards = torch.cat([rewards, torch.full((5, 2), 0.1)])  # group 2 is constant
+    adv = combine_rewards(rewards, torch.tensor([1.0, 0.5]), 5, estimator, mode)
+    assert adv.shape == (10,) and torch.isfinite(adv).all()
+    assert torch.equal(adv[5:], torch.zeros(5))
+    assert (adv[:5] != 0).any()
+
+
+def test_combine_rewards_linear_estimators_agree_across_modes():
+    # dr_grpo and rloo are linear in the rewards: normalising before or after summing is the same.
+    torch.manual_seed(0)
+    rewards, weights = torch.rand(12, 3), torch.tensor([1.0, 0.2, -0.5])
+    for estimator in ("dr_grpo", "rloo"):
+        torch.testing.assert_close(
+            combine_rewards(rewards, weights, 4, estimator, "sum_then_normalize"),
+            combine_rewards(rewards, weights, 4, estimator, "normalize_then_sum"),
+        )
+
+
+def test_combine_rewards_rejects_bad_input():
+    with pytest.raises(ValueError, match=r"\(N, R\)"):
+        combine_rewards(torch.zeros(4), torch.ones(1), 2, "grpo")
+    with pytest.raises(ValueError, match=r"\(N, R\)"):
+        combine_rewards(torch.zeros(4, 2), torch.ones(3), 2, "grpo")
+    with pytest.raises(ValueError, match="gdpo"):
+        combine_rewards(torch.zeros(4, 2), torch.ones(2), 2, "grpo", "average")
+
+
+# ---------------------------------------------------------------- overlong / truncation
+
+
+def test_overlong_penalty_hand_computed():
+    # L_max 16, L_cache 4: free up to 12, then (12 - L) / 4, -1 from 16 on.
+    lengths = torch.tensor([0, 12, 13, 14, 15, 16, 17, 100])
+    expected = torch.tensor([0.0, 0.0, -0.25, -0.5, -0.75, -1.0, -1.0, -1.0])
+    assert torch.equal(overlong_penalty(lengths, 16, 4), expected)
+    # the whole range is the ramp when buffer == max_length
+    assert torch.equal(overlong_penalty(torch.tensor([0, 2, 4]), 4, 4), torch.tensor([0, -0.5, -1]))
+
+
+def test_overlong_penalty_rejects_bad_buffer():
+    for buffer in (0, 17):
+        with pytest.raises(ValueError, match="buffer"):
+            overlong_penalty(torch.tensor([1]), 16, buffer)
+
+
+def test_mask_truncated_zeroes_truncated_rows_and_keeps_dtype():
+    for mask in (torch.ones(3, 2), torch.ones(3, 2, dtype=torch.bool), torch.ones(3, 2).long()):
+        out = mask_truncated(mask, torch.tensor([False, True, False]))
+        assert out.dtype == mask.dtype
+        assert out.tolist() == [[1, 1], [0, 0], [1, 1]]
+    with pytest.raises(ValueError, match="truncated"):
+        mask_truncated(torch.ones(3, 2), torch.tensor([True, False]))
+
+
+# ---------------------------------------------------------------- policy_loss
+
+
+def _loss(logp, old, adv, mask, loss_type, eps=(0.2, 0.2), **kwargs):
+    return policy_loss(
+        logp, old, adv, mask, loss_type=loss_type, epsilon_low=eps[0], epsilon_high=eps[1],
+        **kwargs,
+    )  # fmt: skip
+
+
+def _two_sequences():
+    """Sequence 0: 1 valid token, A = +1. Sequence 1: 3 valid tokens, A = -1. ratio 1, logp
+    log 0.5; the padding position holds wild values that must not matter."""
+    logp = torch.full((2, 3), math.log(0.5))
+    logp[0, 1:] = 30.0
+    old = logp.clone()
+    old[0, 1:] = -50.0
+    mask = torch.tensor([[1, 0, 0], [1, 1, 1]])
+    return logp.requires_grad_(True), old, torch.tensor([1.0, -1.0]), mask
+
+
+# ratio 1 everywhere, so a PPO token loss is l = -A: -1 for sequence 0, +1 on each of the
+# 3 tokens of sequence 1; its gradient d l / d logp = -A * ratio = -A, over the denominator.
+#   grpo     (-1 + (1+1+1)/3) / 2 = 0          grads -1 / (1 * 2), +1 / (3 * 2)
+#   bnpo     (-1 + 3) / 4 = 0.5                grads -1/4, +1/4
+#   dr_grpo  (-1 + 3) / (2 * max_length 4)     grads -1/8, +1/8
+#   dapo     (-1 + 3) / num_tokens 8           grads -1/8, +1/8
+#   gspo     s_i = 1: as grpo                  grads -s_i / |o_i| / 2: -1/2, +1/6
+#   cispo    -sg(w) A logp = A ln 2: (ln2 - 3 ln2) / 4 = -ln2 / 2, grads -w A / 4: -1/4, +1/4
+@pytest.mark.parametrize(
+    "loss_type, kwargs, loss, grad0, grad1",
+    [
+        ("grpo", {}, 0.0, -0.5, 1 / 6),
+        ("bnpo", {}, 0.5, -0.25, 0.25),
+        ("dr_grpo", {"max_length": 4}, 0.25, -0.125, 0.125),
+        ("dapo", {"num_tokens": 8}, 0.25, -0.125, 0.125),
+        ("dapo", {}, 0.5, -0.25, 0.25),
+        ("gspo", {}, 0.0, -0.5, 1 / 6),
+        ("cispo", {}, -math.log(2) / 2, -0.25, 0.25),
+    ],
+)
+def test_policy_loss_aggregation_hand_computed(loss_type, kwargs, loss, grad0, grad1):
+    logp, old, adv, mask = _two_sequences()
+    value, stats = _loss(logp, old, adv, mask, loss_type, **kwargs)
+    torch.testing.assert_close(value, torch.tensor(loss))
+    torch.testing.assert_close(stats["policy_loss"], torch.tensor(loss))
+    assert stats["clip_fraction"].item() == 0.0
+    assert stats["ratio_mean"].item() == 1.0
+    value.backward()
+    expected = torch.tensor([[grad0, 0.0, 0.0], [grad1, grad1, grad1]])
+    torch.testing.assert_close(logp.grad, expected)
+
+
+def test_grpo_equals_bnpo_when_all_sequences_have_equal_length():
+    torch.manual_seed(0)
+    logp = torch.randn(4, 5).requires_grad_(True)
+    old = logp.detach() + 0.2 * torch.randn(4, 5)
+    adv = torch.randn(4)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [0, 1, 1, 1, 0], [1, 0, 1, 0, 1], [0, 0, 1, 1, 1]])
+    grpo, _ = _loss(logp, old, adv, mask, "grpo")
+    (grpo_grad,) = torch.autograd.grad(grpo, logp)
+    bnpo, _ = _loss(logp, old, adv, mask, "bnpo")
+    (bnpo_grad,) = torch.autograd.grad(bnpo, logp)
+    torch.testing.assert_close(grpo, bnpo)
+    torch.testing.assert_close(grpo_grad, bnpo_grad)
+    # ... and they differ once the lengths differ
+    mask[0, 3:] = 1
+    assert not torch.allclose(
+        _loss(logp, old, adv, mask, "grpo")[0], _loss(logp, old, adv, mask, "bnpo")[0]
+    )
+
+
+def test_bnpo_equals_dapo_with_one_micro_batch():
+    torch.manual_seed(1)
+    logp = torch.randn(3, 4)
+    old = logp + 0.2 * torch.randn(3, 4)
+    adv = torch.randn(3)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]])
+    bnpo, _ = _loss(logp, old, adv, mask, "bnpo")
+    assert torch.equal(bnpo, _loss(logp, old, adv, mask, "dapo")[0])
+    torch.testing.assert_close(bnpo, _loss(logp, old, adv, mask, "dapo", num_tokens=7)[0])
+
+
+def _random_batch(seed, b=6, t=5):
+    generator = torch.Generator().manual_seed(seed)
+    logp = (torch.randn(b, t, generator=generator) - 1).requires_grad_(True)
+    old = logp.detach() + 0.3 * torch.randn(b, t, generator=generator)
+    ref = logp.detach() + 0.3 * torch.randn(b, t, generator=generator)
+    adv = torch.randn(b, generator=generator)
+    lengths = torch.tensor([1, 5, 2, 4, 3, 5])[:b]
+    mask = (torch.arange(t) < lengths[:, None]).float()  # (b, t), unequal lengths
+    entropy = torch.rand(b, t, generator=generator).requires_grad_(True)
+    return logp, old, ref, adv, mask, entropy
+
+
+@pytest.mark.parametrize("loss_type", ["dapo", "cispo"])
+def test_dapo_micro_batches_sum_to_the_whole_batch(loss_type):
+    # Gradient accumulation over micro-batches [0, 2), [2, 3), [3, 6): summing the micro-batch
+    # losses (and so the gradients) gives exactly the whole batch's token mean, KL and
+    # entropy terms included.
+    logp, old, ref, adv, mask, entropy = _random_batch(0)
+    num_tokens = int(mask.sum())  # 20
+    options = {"ref_logprobs": ref, "beta": 0.1, "entropy": entropy, "entropy_coef": 0.01}
+    whole, _ = _loss(logp, old, adv, mask, loss_type, (0.2, 0.28), **options)
+    whole_grads = torch.autograd.grad(whole, (logp, entropy))
+    total = 0.0
+    for rows in (slice(0, 2), slice(2, 3), slice(3, 6)):
+        part, _ = _loss(
+            logp[rows], old[rows], adv[rows], mask[rows], loss_type, (0.2, 0.28),
+            num_tokens=num_tokens, ref_logprobs=ref[rows], beta=0.1, entropy=entropy[rows],
+            entropy_coef=0.01,
+        )  # fmt: skip
+        total = total + part
+    parts_grads = torch.autograd.grad(total, (logp, entropy))
+    torch.testing.assert_close(total, whole)
+    torch.testing.assert_close(parts_grads, whole_grads)
+    # A per-micro-batch token mean (bnpo) summed or averaged over the same split does not.
+    parts = [
+        _loss(logp[r], old[r], adv[r], mask[r], "bnpo", (0.2, 0.28))[0]
+        for r in (slice(0, 2), slice(2, 3), slice(3, 6))
+    ]
+    bnpo_whole, _ = _loss(logp, old, adv, mask, "bnpo", (0.2, 0.28))
+    assert not torch.allclose(sum(parts) / 3, bnpo_whole)
+
+
+def test_cispo_gradient_is_clipped_weight_times_advantage_and_never_zero():
+    # ratios [1.5, 1.1, 0.5, 0.9], A [+1, +1, -1, -1], clip range [0.8, 1.2]
+    #   w = sg(clip(ratio)) = [1.2, 1.1, 0.8, 0.9]; loss = -sum(w A logp) / num_tokens
+    #   d loss / d logp = -w A / num_tokens: nonzero even where PPO clips (tokens 0 and 2)
+    ratios = [1.5, 1.1, 0.5, 0.9]
+    logp, old = _ratios_as_logprobs([[r] for r in ratios])
+    adv = torch.tensor([1.0, 1.0, -1.0, -1.0])
+    w = torch.tensor([1.2, 1.1, 0.8, 0.9])
+    for num_tokens, denominator in ((None, 4), (10, 10)):
+        loss, stats = _loss(logp, old, adv, torch.ones(4, 1), "cispo", num_tokens=num_tokens)
+        logs = torch.log(torch.tensor(ratios))
+        torch.testing.assert_close(loss, -(w * adv * logs).sum() / denominator)
+        assert stats["clip_fraction"].item() == 0.5
+        (grad,) = torch.autograd.grad(loss, logp)
+        torch.testing.assert_close(grad, (-w * adv / denominator).unsqueeze(-1))
+    with pytest.raises(ValueError, match="cispo"):
+        _loss(logp, old, adv, torch.ones(4, 1), "cispo", delta=3.0)
+
+
+def test_gspo_clips_whole_sequences():
+    # eps 0.2. Sequence 0 (A=+1): log-ratios [0.1, -0.1] -> s = exp(0) = 1, inside the range:
+    #   loss -1, grad d(-s)/d logp_t = -s / |o| = -1/2, over 2 sequences: -1/4 per token.
+    # Sequence 1 (A=+1): log-ratios [0.3, 0.1] -> s = exp(0.2) = 1.2214 > 1.2: clipped,
+    #   loss -1.2 and zero gradient on *both* tokens (token-level PPO would keep the second,
+    #   whose own ratio exp(0.1) = 1.105 is inside the range).
+    # loss (-1 - 1.2) / 2 = -1.1; clip_fraction = 2 of 4 valid tokens.
+    logp = torch.tensor([[0.1, -0.1, 30.0], [0.3, 0.1, -30.0]], requires_grad=True)
+    old = torch.tensor([[0.0, 0.0, -50.0], [0.0, 0.0, 50.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 0]])
+    adv = torch.ones(2)
+    loss, stats = _loss(logp, old, adv, mask, "gspo")
+    torch.testing.assert_close(loss, torch.tensor(-1.1))
+    assert stats["clip_fraction"].item() == 0.5
+    torch.testing.assert_close(stats["ratio_mean"], torch.tensor((1 + math.exp(0.2)) / 2))
+    loss.backward()
+    torch.testing.assert_close(logp.grad, torch.tensor([[-0.25, -0.25, 0.0], [0.0, 0.0, 0.0]]))
+    token_level, _ = _loss(logp, old, adv, mask, "grpo")
+    (grad,) = torch.autograd.grad(token_level, logp)
+    assert grad[1, 1] != 0
+
+
+def test_gspo_with_paper_clip_range():
+    # eps 3e-4 / 4e-4: a sequence mean log-ratio of 1e-4 is inside, 1e-3 is clipped
+    logp = torch.tensor([[1e-4, 1e-4], [1e-3, 1e-3]], requires_grad=True)
+    loss, stats = _loss(
+        logp, torch.zeros(2, 2), torch.ones(2), torch.ones(2, 2), "gspo", (3e-4, 4e-4)
+    )
+    torch.testing.assert_close(loss, torch.tensor(-(math.exp(1e-4) + 1 + 4e-4) / 2))
+    assert stats["clip_fraction"].item() == 0.5
+
+
+def test_one_token_completions():
+    # With one token per sequence: the sequence ratio is the token ratio (gspo == grpo), every
+    # token mean is a sequence mean (grpo == bnpo == dapo), and dr_grpo with max_length 1 too.
+    torch.manual_seed(2)
+    logp = torch.randn(5, 1).requires_grad_(True)
+    old = logp.detach() + 0.3 * torch.randn(5, 1)
+    adv = torch.randn(5)
+    mask = torch.ones(5, 1)
+    base, _ = _loss(logp, old, adv, mask, "grpo")
+    (base_grad,) = torch.autograd.grad(base, logp)
+    for loss_type, kwargs in [
+        ("bnpo", {}),
+        ("dapo", {"num_tokens": 5}),
+        ("gspo", {}),
+        ("dr_grpo", {"max_length": 1}),
+    ]:
+        loss, _ = _loss(logp, old, adv, mask, loss_type, **kwargs)
+        (grad,) = torch.autograd.grad(loss, logp)
+        torch.testing.assert_close(loss, base, msg=loss_type)
+        torch.testing.assert_close(grad, base_grad, msg=loss_type)
+
+
+def test_dual_clip_caps_negative_advantages():
+    # eps 0.2, delta 3. Tokens: (ratio 4, A=-1), (ratio 2, A=-1), (ratio 4, A=+1).
+    #   without delta: l = [4, 2, -1.2], loss 4.8 / 3, grads [4, 2, 0] / 3
+    #   with delta 3:  l = [min(4, 3), 2, -1.2] = [3, 2, -1.2], loss 3.8 / 3, grads [0, 2, 0] / 3
+    logp, old = _ratios_as_logprobs([[4.0], [2.0], [4.0]])
+    adv = torch.tensor([-1.0, -1.0, 1.0])
+    mask = torch.ones(3, 1)
+    loss, stats = _loss(logp, old, adv, mask, "bnpo")
+    torch.testing.assert_close(loss, torch.tensor(4.8 / 3))
+    assert "dual_clip_fraction" not in stats
+    (grad,) = torch.autograd.grad(loss, logp)
+    torch.testing.assert_close(grad, torch.tensor([[4.0], [2.0], [0.0]]) / 3)
+    loss, stats = _loss(logp, old, adv, mask, "bnpo", delta=3.0)
+    torch.testing.assert_close(loss, torch.tensor(3.8 / 3))
+    torch.testing.assert_close(stats["clip_fraction"], torch.tensor(2 / 3))
+    torch.testing.assert_close(stats["dual_clip_fraction"], torch.tensor(1 / 3))
+    (grad,) = torch.autograd.grad(loss, logp)
+    torch.testing.assert_close(grad, torch.tensor([[0.0], [2.0], [0.0]]) / 3)
+    with pytest.raises(ValueError, match="delta"):
+        _loss(logp, old, adv, mask, "bnpo", delta=1.0)
+
+
+def test_is_weights_scale_the_policy_term():
+    # ratio 1, A=+1, weights [0.5, 2]. bnpo: (-0.5 - 2) / 2 = -1.25, grads -w / 2.
+    # gspo: -s * mean(w) = -1.25, grads -mean(w) * s / |o| = -0.625 on each token.
+    logp = torch.zeros(1, 2, requires_grad=True)
+    w = torch.tensor([[0.5, 2.0]])
+    for loss_type, grad in (("bnpo", [[-0.25, -1.0]]), ("gspo", [[-0.625, -0.625]])):
+        loss, _ = _loss(
+            logp, torch.zeros(1, 2), torch.ones(1), torch.ones(1, 2), loss_type, is_weights=w
+        )
+        torch.testing.assert_close(loss, torch.tensor(-1.25))
+        torch.testing.assert_close(torch.autograd.grad(loss, logp)[0], torch.tensor(grad))
+
+
+def test_kl_term_is_aggregated_like_the_policy_term():
+    # logp log .5, ref log .25: k3 = 0.5 + ln 2 - 1 on each of 3 valid tokens; A = 0.
+    # dr_grpo: beta * 3 * k3 / (B 2 * max_length 4); the kl stat is the token mean k3.
+    k3 = 0.5 + math.log(2) - 1
+    logp = torch.full((2, 2), math.log(0.5))
+    ref = torch.full((2, 2), math.log(0.25))
+    mask = torch.tensor([[1, 1], [1, 0]])
+    loss, stats = _loss(
+        logp, logp, torch.zeros(2), mask, "dr_grpo", max_length=4, ref_logprobs=ref, beta=0.5
+    )
+    torch.testing.assert_close(loss, torch.tensor(0.5 * 3 * k3 / 8))
+    torch.testing.assert_close(stats["kl"], torch.tensor(k3))
+
+
+def test_entropy_bonus():
+    # entropies [[1, 2], [3, pad]], bnpo mean 2: loss = 0 - 0.1 * 2; d loss / d H = -0.1 / 3
+    logp = torch.zeros(2, 2)
+    entropy = torch.tensor([[1.0, 2.0], [3.0, 1e9]], requires_grad=True)
+    mask = torch.tensor([[1, 1], [1, 0]])
+    loss, stats = _loss(logp, logp, torch.zeros(2), mask, "bnpo", entropy=entropy, entropy_coef=0.1)
+    torch.testing.assert_close(loss, torch.tensor(-0.2))
+    torch.testing.assert_close(stats["entropy"], torch.tensor(2.0))
+    loss.backward()
+    torch.testing.assert_close(entropy.grad, torch.tensor([[-0.1 / 3, -0.1 / 3], [-0.1 / 3, 0.0]]))
+    # measured, not trained, with coefficient 0; a coefficient needs the entropies
+    loss, stats = _loss(logp, logp, torch.zeros(2), mask, "bnpo", entropy=entropy)
+    assert loss.item() == 0.0 and stats["entropy"].item() == 2.0
+    with pytest.raises(ValueError, match="entropy"):
+        _loss(logp, logp, torch.zeros(2), mask, "bnpo", entropy_coef=0.1)
+
+
+def _every_loss_type_kwargs():
+    for loss_type in LOSS_TYPES:
+        kwargs = {"max_length": 8} if loss_type == "dr_grpo" else {}
+        if loss_type in ("dapo", "cispo"):
+            kwargs["num_tokens"] = 16
+        if loss_type != "cispo":
+            kwargs["delta"] = 3.0
+        yield loss_type, kwargs
+
+
+@pytest.mark.parametrize("loss_type, kwargs", list(_every_loss_type_kwargs()))
+def test_fully_masked_batch_gives_zero_loss_and_gradient(loss_type, kwargs):
+    logp = torch.randn(2, 3, requires_grad=True)
+    entropy = torch.rand(2, 3, requires_grad=True)
+    loss, stats = _loss(
+        logp, logp.detach() + 0.1, torch.ones(2), torch.zeros(2, 3), loss_type,
+        ref_logprobs=logp.detach(), beta=0.1, entropy=entropy, entropy_coef=0.01,
+        is_weights=torch.full((2, 3), 0.5), **kwargs,
+    )  # fmt: skip
+    assert loss.item() == 0.0
+    assert all(v.item() == 0.0 for v in stats.values())
+    loss.backward()
+    assert torch.equal(logp.grad, torch.zeros(2, 3))
+    assert torch.equal(entropy.grad, torch.zeros(2, 3))
+
+
+@pytest.mark.parametrize("loss_type, kwargs", list(_every_loss_type_kwargs()))
+def test_fully_masked_row_and_wild_padding_change_nothing(loss_type, kwargs):
+    # A third, fully masked row (e.g. a truncated completion after mask_truncated) with wild
+    # values: finite loss, zero gradient on it, and (except dr_grpo, whose denominator counts
+    # rows by design) the same loss as without it.
+    logp, old, ref, adv, mask, _ = _random_batch(3, b=2, t=5)
+    wild = torch.tensor([[40.0, -1e4, 0.0, 7.0, -3.0]])
+    logp3 = torch.cat([logp.detach(), wild]).requires_grad_(True)
+    old3, ref3 = torch.cat([old, -wild]), torch.cat([ref, wild * 3])
+    adv3, mask3 = torch.cat([adv, torch.tensor([5.0])]), torch.cat([mask, torch.zeros(1, 5)])
+    options = {"ref_logprobs": ref3, "beta": 0.1, **kwargs}
+    loss, stats = _loss(logp3, old3, adv3, mask3, loss_type, **options)
+    assert torch.isfinite(loss) and all(torch.isfinite(v) for v in stats.values())
+    loss.backward()
+    assert torch.isfinite(logp3.grad).all()
+    assert torch.equal(logp3.grad[2], torch.zeros(5))
+    if loss_type != "dr_grpo":
+        options["ref_logprobs"] = ref
+        two, _ = _loss(logp.detach(), old, adv, mask, loss_type, **options)
+        torch.testing.assert_close(loss, two)
+
+
+@pytest.mark.parametrize("loss_type, kwargs", list(_every_loss_type_kwargs()))
+def test_all_equal_group_gives_zero_policy_gradient(loss_type, kwargs):
+    logp, old, _, _, mask, _ = _random_batch(4, b=4, t=5)
+    adv = compute_advantages(torch.tensor([0.3, 0.3, 0.3, 0.3]), 4, "grpo")
+    loss, _ = _loss(logp, old, adv, mask, loss_type, **kwargs)
+    assert loss.item() == 0.0
+    loss.backward()
+    assert torch.equal(logp.grad, torch.zeros_like(logp))
+
+
+def test_clipped_policy_loss_is_policy_loss_bnpo_bit_for_bit():
+    logp, old, ref, adv, mask, _ = _random_batch(5)
+    wrapped, wrapped_stats = clipped_policy_loss(logp, old, adv, mask, 0.2, 0.28, ref, 0.04)
+    direct, direct_stats = _loss(
+        logp, old, adv, mask, "bnpo", (0.2, 0.28), ref_logprobs=ref, beta=0.04
+    )
+    assert torch.equal(wrapped, direct)
+    assert (
+        wrapped_stats.keys()
+        == direct_stats.keys()
+        == {"policy_loss", "clip_fraction", "ratio_mean", "kl"}
+    )
+    assert all(torch.equal(wrapped_stats[k], direct_stats[k]) for k in direct_stats)
+
+
+def test_policy_loss_rejects_bad_input():
+    z = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="loss_type"):
+        _loss(z, z, torch.ones(2), z, "ppo")
+    with pytest.raises(ValueError, match="max_length"):
+        _loss(z, z, torch.ones(2), z, "dr_grpo")
+    with pytest.raises(ValueError, match="is_weights"):
+        _loss(z, z, torch.ones(2), z, "bnpo", is_weights=torch.ones(2, 2))
+    with pytest.raises(ValueError, match="ref_logprobs"):
+        _loss(z, z, torch.ones(2), z, "grpo", beta=0.1)
+
+
+# ---------------------------------------------------------------- sampler_correction
+
+
+def test_token_level_truncated_and_masked_weights():
+    # rho = pi_learner / pi_sampler = [0.5, 1, 3, pad], cap 2
+    #   truncate: w = [0.5, 1, 2, 0], mean 3.5 / 3, capped 1/3
+    #   mask:     w = [0.5, 1, 0, 0], mean 1.5 / 3
+    # k3 of KL(sampler || learner), x = learner - sampler: e^x - x - 1
+    #   = [0.5 + ln 2 - 1, 0, 3 - ln 3 - 1] -> mean 0.36485
+    sampler = torch.tensor([[-1.0, -2.0, -3.0, 0.0]])
+    learner = sampler + torch.log(torch.tensor([[0.5, 1.0, 3.0, 1e6]]))
+    mask = torch.tensor([[1, 1, 1, 0]])
+    kl = (0.5 + math.log(2) - 1 + 3 - math.log(3) - 1) / 3
+    weights, stats = sampler_correction(learner, sampler, mask)
+    torch.testing.assert_close(weights, torch.tensor([[0.5, 1.0, 2.0, 0.0]]))
+    torch.testing.assert_close(stats["is_weight_mean"], torch.tensor(3.5 / 3))
+    torch.testing.assert_close(stats["is_capped_fraction"], torch.tensor(1 / 3))
+    torch.testing.assert_close(stats["mismatch_kl"], torch.tensor(kl))
+    weights, stats = sampler_correction(learner, sampler, mask, mode="mask")
+    torch.testing.assert_close(weights, torch.tensor([[0.5, 1.0, 0.0, 0.0]]))
+    torch.testing.assert_close(stats["is_weight_mean"], torch.tensor(1.5 / 3))
+
+
+def test_sequence_level_uses_the_product_of_token_ratios():
+    # sequence 0: rho = 2 * 1.5 = 3 -> truncate 2, mask 0; sequence 1: 0.5 * 2 = 1 -> 1
+    sampler = torch.zeros(2, 3)
+    learner = torch.log(torch.tensor([[2.0, 1.5, 9.0], [0.5, 2.0, 9.0]]))
+    mask = torch.tensor([[1, 1, 0], [1, 1, 0]])
+    weights, stats = sampler_correction(learner, sampler, mask, level="sequence")
+    torch.testing.assert_close(weights, torch.tensor([[2.0, 2.0, 0.0], [1.0, 1.0, 0.0]]))
+    torch.testing.assert_close(stats["is_weight_mean"], torch.tensor(1.5))
+    torch.testing.assert_close(stats["is_capped_fraction"], torch.tensor(0.5))
+    weights, stats = sampler_correction(learner, sampler, mask, level="sequence", mode="mask")
+    torch.testing.assert_close(weights, torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 0.0]]))
+    torch.testing.assert_close(stats["is_weight_mean"], torch.tensor(0.5))
+
+
+@pytest.mark.parametrize("level", ["token", "sequence"])
+@pytest.mark.parametrize("mode", ["truncate", "mask"])
+def test_sampler_correction_edge_cases(level, mode):
+    # detached weights; a huge summed log-ratio over a long sequence stays finite; a fully
+    # masked row gets weight 0 and finite stats; an all-masked batch gives zeros.
+    learner = torch.full((2, 400), 0.5, requires_grad=True)
+    sampler = torch.zeros(2, 400)
+    mask = torch.ones(2, 400)
+    mask[1] = 0
+    weights, stats = sampler_correction(learner, sampler, mask, level=level, mode=mode, cap=3.0)
+    assert not weights.requires_grad
+    assert torch.isfinite(weights).all() and all(torch.isfinite(v) for v in stats.values())
+    assert torch.equal(weights[1], torch.zeros(400))
+    if level == "token":  # each token: rho = e^0.5 = 1.65, under the cap
+        torch.testing.assert_close(weights[0], torch.full((400,), math.exp(0.5)))
+    else:  # the sequence: rho = e^(400 * 0.5), clamped to e^20, over the cap
+        assert torch.equal(weights[0], torch.full((400,), 3.0 if mode == "truncate" else 0.0))
+    weights, stats = sampler_correction(
+        learner, sampler, torch.zeros(2, 400), level=level, mode=mode
+    )
+    assert torch.equal(weights, torch.zeros(2, 400))
+    assert all(v.item() == 0.0 for v in stats.values())
+
+
+def test_masked_token_gets_no_gradient_in_the_loss():
+    # MIS weights fed to policy_loss: the token whose ratio exceeds the cap stops learning.
+    sampler = torch.tensor([[-1.0, -1.0]])
+    learner_old = torch.tensor([[-1.0, 0.5]])  # rho = [1, e^1.5 = 4.48]
+    weights, _ = sampler_correction(learner_old, sampler, torch.ones(1, 2), mode="mask")
+    logp = learner_old.clone().requires_grad_(True)
+    loss, _ = _loss(logp, learner_old, torch.ones(1), torch.ones(1, 2), "bnpo", is_weights=weights)
+    loss.backward()
+    torch.testing.assert_close(logp.grad, torch.tensor([[-0.5, 0.0]]))
+
+
+def test_sampler_correction_rejects_bad_input():
+    z = torch.zeros(1, 2)
+    with pytest.raises(ValueError, match="level"):
+        sampler_correction(z, z, z, level="chunk")
+    with pytest.raises(ValueError, match="mode"):
+        sampler_correction(z, z, z, mode="clip")
+    with pytest.raises(ValueError, match="cap"):
+        sampler_correction(z, z, z, cap=0.0)
+    with pytest.raises(ValueError, match="same"):
+        sampler_correction(z, torch.zeros(1, 3), z)

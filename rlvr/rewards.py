@@ -1,0 +1,169 @@
+"""Rewards: each completion verified by its task and scored as a weighted sum of named parts.
+
+    reward = reward.accuracy_weight * accuracy          the task's verifier (0 or 1)
+           + reward.format_weight   * format            <think>...</think><answer>...</answer>
+           + reward.overlong_weight * overlong          DAPO's soft overlong punishment
+           + sum_f weight_f * f(completion, problem)    user reward functions
+
+Every part is kept on its own (`Scored.parts`), so the training loop logs each one as
+`reward/<name>` next to the total.
+
+Verification runs in a `VerifierPool` of worker processes when `reward.workers > 0`: a
+verifier that hangs is killed at `reward.timeout_s` (status "timeout"), one that crashes or
+whose worker dies gets status "error"; both score 0 and the run goes on. `Scorer.submit`
+returns at once, so the rollout hands each completion over the moment the engine finishes it
+and verification overlaps the rest of sampling.
+
+User reward functions are named "module:function" and called as `fn(completion, problem)`,
+where completion is the response text (from `<think>` on) and problem a `rlvr.tasks.Problem`;
+they return a float or a `Verdict` (its reward is used). A non-finite value scores 0 and is
+counted (`bad_rewards`): a NaN must never reach the advantages.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Callable
+from concurrent.futures import Future
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+from rlvr.tasks import Problem
+from rlvr.verifiers import Verdict
+from rlvr.verifiers.pool import VerifierPool, as_verdict
+
+
+def overlong_penalty(length: int, max_length: int, buffer: int) -> float:
+    """DAPO's soft overlong punishment (Yu et al. 2025, arXiv:2503.14476, eq. 13).
+
+        0                                 if L <= L_max - B
+        (L_max - B - L) / B               if L_max - B < L <= L_max
+        -1                                if L > L_max
+
+    L: completion length in tokens; L_max: the longest allowed (grpo.max_new_tokens);
+    B: the buffer (reward.overlong_buffer). buffer 0 turns the penalty off.
+    """
+    if buffer <= 0 or length <= max_length - buffer:
+        return 0.0
+    if length > max_length:
+        return -1.0
+    return (max_length - buffer - length) / buffer
+
+
+def load_function(name: str) -> Callable[..., Any]:
+    """Import a user reward function named "package.module:function"."""
+    from rlvr.config import ConfigError
+
+    module_name, _, attr = name.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(
+            f"Reward function {name!r} must be written as 'module:function', "
+            "e.g. 'my_rewards:brevity'."
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigError(
+            f"Reward function {name!r}: module {module_name!r} cannot be imported ({e}); "
+            "put it on PYTHONPATH or install it."
+        ) from e
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ConfigError(f"Reward function {name!r}: {module_name} has no function {attr!r}.")
+    return fn
+
+
+@dataclass
+class Scored:
+    """A completion's verdict (from its task), its reward parts and their weighted sum."""
+
+    verdict: Verdict
+    parts: dict[str, float] = field(default_factory=dict)
+    reward: float = 0.0
+    bad: int = 0
+    """How many parts were not finite numbers and were scored 0."""
+
+
+class _Done:
+    """A finished 'future' for in-process verification (reward.workers = 0)."""
+
+    def __init__(self, value: Any) -> None:
+        self._value = value
+
+    def result(self) -> Any:
+        return self._value
+
+
+def _finite(value: float) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+class Scorer:
+    """Verifies completions (in a pool or in-process) and adds up the weighted reward parts.
+
+    scorer = Scorer(task, cfg.reward, max_new_tokens=64, pool=pool)
+    pending = scorer.submit(response, problem)         # returns at once
+    scored = scorer.score(pending, num_tokens=37)      # waits for the verdicts
+    """
+
+    def __init__(self, task, reward_cfg, max_new_tokens: int, pool: VerifierPool | None = None):
+        self.task = task
+        self.cfg = reward_cfg
+        self.max_new_tokens = max_new_tokens
+        self.pool = pool
+        self.functions = {name: load_function(name) for name in reward_cfg.functions}
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Future | _Done:
+        if self.pool is not None:
+            return self.pool.submit(fn, *args)
+        try:
+            return _Done(fn(*args))
+        except Exception as exc:  # noqa: BLE001 - a user function must not stop the run
+            return _Done(Verdict(0.0, "error", {}, f"{type(exc).__name__}: {exc}"[:200]))
+
+    def submit(self, response: str, problem: Problem) -> dict[str, Future | _Done]:
+        """Start verifying one completion; returns handles for `score`."""
+        pending = {"task": self._call(self.task.verify, response, problem)}
+        for name, fn in self.functions.items():
+            pending[name] = self._call(fn, response, problem)
+        return pending
+
+    def score(self, pending: dict[str, Future | _Done], num_tokens: int) -> Scored:
+        """Wait for a completion's verdicts and combine the parts with their weights."""
+        c = self.cfg
+        verdict = as_verdict(pending["task"].result())
+        bad = 0
+        accuracy = verdict.components.get("accuracy", verdict.reward)
+        fmt = verdict.components.get("format", 0.0)
+        if not (_finite(accuracy) and _finite(fmt)):
+            bad += 1
+            accuracy, fmt = 0.0, 0.0
+            verdict = Verdict(0.0, "error", {}, "verifier returned a non-finite score")
+        parts = {"accuracy": float(accuracy), "format": float(fmt)}
+        weights = {"accuracy": c.accuracy_weight, "format": c.format_weight}
+        if c.overlong_buffer > 0:
+            parts["overlong"] = overlong_penalty(num_tokens, self.max_new_tokens, c.overlong_buffer)
+            weights["overlong"] = c.overlong_weight
+        for name, weight in c.functions.items():
+            value = as_verdict(pending[name].result()).reward
+            if not _finite(value):
+                bad, value = bad + 1, 0.0
+            parts[name] = float(value)
+            weights[name] = weight
+        reward = sum(weights[name] * value for name, value in parts.items())
+        return Scored(verdict=verdict, parts=parts, reward=reward, bad=bad)
+
+
+def open_pool(reward_cfg, preload: tuple[str, ...] = ()) -> AbstractContextManager:
+    """The run's verifier pool, as a context manager; it yields None when reward.workers is 0
+    (verify in-process)."""
+    if reward_cfg.workers == 0:
+        return nullcontext(None)
+    return VerifierPool(
+        num_workers=reward_cfg.workers,
+        timeout_s=reward_cfg.timeout_s,
+        memory_mb=reward_cfg.memory_mb,
+        preload=preload,
+    )
