@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import datetime
 import difflib
 import inspect
+import math
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -28,17 +30,17 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from rlvr.errors import ConfigError
 from rlvr.model import ModelConfig
 
-
-class ConfigError(ValueError):
-    """A configuration mistake the user can fix; its message is one sentence."""
+__all__ = ["Config", "ConfigError", "load_config", "apply_overrides", "to_toml", "validate"]
 
 
 @dataclass
 class TaskConfig:
     name: str = "arithmetic"
-    """Procedural task that makes the problems: "arithmetic" or "countdown"."""
+    """Where the problems come from: "arithmetic" or "countdown" (procedural, with synthetic
+    solutions for pretraining) or "dataset" (a local JSONL file)."""
     options: dict = field(default_factory=dict)
     """Keyword arguments for the task's constructor, e.g. {num_ops = 3} for arithmetic."""
 
@@ -232,9 +234,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not path.is_file():
             raise ConfigError(f"Config file {path} does not exist; pass the path of a TOML file.")
         try:
-            data = tomllib.loads(path.read_text())
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise ConfigError(
+                f"Config file {path} is not UTF-8 text ({e}); save it as UTF-8."
+            ) from e
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"Config file {path} is not valid TOML ({e}); fix that line.") from e
+        except RecursionError as e:
+            raise ConfigError(f"Config file {path} nests tables or arrays too deeply.") from e
     cfg = Config()
     _apply(cfg, data, "", where)
     return apply_overrides(cfg, overrides or [])
@@ -316,7 +324,7 @@ def _parse_scalar(raw: str, kind: Any) -> Any:
         return raw
     try:
         return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError):
         return raw  # left as text; _coerce names the expected type
 
 
@@ -357,22 +365,47 @@ def validate(cfg: Config) -> None:
 
     m, p, g, e = cfg.model, cfg.pretrain, cfg.grpo, cfg.eval
     need(cfg.threads >= 1, "threads must be at least 1; set threads = 2.")
+    for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                 "num_attention_heads", "num_key_value_heads", "max_position_embeddings"):  # fmt: skip
+        value = getattr(m, name)
+        need(value > 0, f"model.{name} must be greater than 0, got {value}.")
+    sections = {"": cfg, "model.": m, "pretrain.": p, "grpo.": g, "reward.": cfg.reward,
+                "eval.": e, "checkpoint.": cfg.checkpoint}  # fmt: skip
+    for prefix, section in sections.items():
+        for f in dataclasses.fields(section):
+            value = getattr(section, f.name)
+            if isinstance(value, float):
+                need(
+                    math.isfinite(value),
+                    f"{prefix}{f.name} must be a finite number, got {value}.",
+                )
+    for name in ("head_dim", "sliding_window"):
+        value = m.__dict__.get(f"_{name}", getattr(m, name, 0))
+        need(value >= 0, f"model.{name} must be 0 (off/derived) or more, got {value}.")
+    need(
+        m.rope_theta > 0 and m.rms_norm_eps > 0,
+        "model.rope_theta and model.rms_norm_eps must be above 0.",
+    )
+    for key, value in [
+        ("pretrain.weight_decay", p.weight_decay),
+        ("pretrain.grad_clip", p.grad_clip),
+        ("grpo.weight_decay", g.weight_decay),
+        ("grpo.grad_clip", g.grad_clip),
+    ]:
+        need(value >= 0, f"{key} must be 0 or more, got {value}.")
     need(
         cfg.task.name in TASKS,
         f"task.name {cfg.task.name!r} is not a task; choose one of {', '.join(TASKS)}.",
     )
     need(
-        m.hidden_size % m.num_attention_heads == 0,
+        m.__dict__.get("_head_dim", 0) > 0 or m.hidden_size % m.num_attention_heads == 0,
         "model.hidden_size must divide by model.num_attention_heads; change one of them.",
     )
     need(
         m.num_attention_heads % m.num_key_value_heads == 0,
         "model.num_attention_heads must divide by model.num_key_value_heads; change one of them.",
     )
-    need(
-        (m.hidden_size // m.num_attention_heads) % 2 == 0,
-        "model.hidden_size / model.num_attention_heads (the head size) must be even for RoPE.",
-    )
+    need(m.head_dim % 2 == 0, f"model.head_dim ({m.head_dim}) must be even for RoPE.")
     for key, value in [
         ("pretrain.steps", p.steps),
         ("grpo.steps", g.steps),
@@ -419,6 +452,11 @@ def validate(cfg: Config) -> None:
         ("pretrain.slip_fraction", p.slip_fraction),
     ]:
         need(0 <= value <= 1, f"{key} must be a fraction in [0, 1], got {value}.")
+    need(
+        cfg.task.name != "dataset" or p.steps == 0 or bool(cfg.init_from),
+        "task 'dataset' has no synthetic solutions to pretrain on: set pretrain.steps = 0 and "
+        "init_from to the model to train.",
+    )
     need(e.num_samples != 1, "eval.num_samples must be 0 (off) or at least 2 for pass@k and maj@k.")
     r, c = cfg.reward, cfg.checkpoint
     for key, value in [
@@ -471,6 +509,13 @@ def to_toml(cfg: Config) -> str:
     return "\n".join(lines) + "\n"
 
 
+# TOML basic strings: backslash, quote and every control character must be escaped.
+_TOML_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+_TOML_ESCAPES.update(
+    {chr(c): f"\\u{c:04x}" for c in [*range(0x20), 0x7F] if chr(c) not in _TOML_ESCAPES}
+)
+
+
 def _toml_key(key: str) -> str:
     """A bare TOML key when it may be one, else a quoted one ("my_rewards:brevity")."""
     bare = key and all(ch.isascii() and (ch.isalnum() or ch in "-_") for ch in key)
@@ -481,7 +526,9 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return '"' + "".join(_TOML_ESCAPES.get(ch, ch) for ch in value) + '"'
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value.isoformat()  # TOML dates and times are ISO 8601
     if isinstance(value, dict):
         return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
     if isinstance(value, (list, tuple)):

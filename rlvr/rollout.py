@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from rlvr.engine import Completion, Engine
+from rlvr.errors import ConfigError
 from rlvr.rewards import Scorer
 from rlvr.tasks import Problem
 from rlvr.tokenizer import EMPTY_THINK, CharTokenizer, format_prompt
@@ -73,7 +74,15 @@ def rollout(
 ) -> list[Episode]:
     """Sample `num_samples` completions per problem and score each; group-major order."""
     prefill = EMPTY_THINK if think is False else ""
-    prompts = [tokenizer.encode(prompt_text(p, think)) for p in problems]
+    prompts = []
+    for p in problems:
+        try:
+            prompts.append(tokenizer.encode(prompt_text(p, think)))
+        except ValueError as e:
+            raise ConfigError(
+                f"Problem {p.id} cannot be tokenized ({e}); remove it from the data or use a "
+                "model whose tokenizer covers its characters."
+            ) from e
     pending: dict[tuple[int, int], tuple[str, dict]] = {}
 
     def verify_now(c: Completion) -> None:

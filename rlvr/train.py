@@ -363,17 +363,23 @@ class ProblemStream:
     up at the index its checkpoint saved.
     """
 
-    BATCHES_PER_ROUND = 50
-
     def __init__(self, task, cfg: Config) -> None:
         self.task, self.seed, self.size = task, cfg.seed, cfg.grpo.num_prompts
+        # Each round is a fresh seeded draw of up to 50 batches (a dataset: all of it, shuffled).
+        available = task.num_problems("train") if hasattr(task, "num_problems") else 1 << 62
+        self.batches_per_round = min(50, available // self.size)
+        if self.batches_per_round == 0:
+            raise ConfigError(
+                f"The task has {available} training problems, fewer than grpo.num_prompts = "
+                f"{self.size}; lower grpo.num_prompts or add problems."
+            )
         self._round, self._pool = -1, []
 
     def batch(self, index: int) -> list[Problem]:
-        round_, offset = divmod(index, self.BATCHES_PER_ROUND)
+        round_, offset = divmod(index, self.batches_per_round)
         if round_ != self._round:
             self._pool = self.task.problems(
-                "train", self.size * self.BATCHES_PER_ROUND, seed=self.seed * 7919 + 17 + round_
+                "train", self.size * self.batches_per_round, seed=self.seed * 7919 + 17 + round_
             )
             self._round = round_
         return self._pool[offset * self.size : (offset + 1) * self.size]

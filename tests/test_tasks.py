@@ -25,6 +25,7 @@ def test_registry_names_match():
     assert {name: cls.name for name, cls in TASKS.items()} == {
         "arithmetic": "arithmetic",
         "countdown": "countdown",
+        "dataset": "dataset",
     }
 
 

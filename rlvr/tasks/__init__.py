@@ -6,7 +6,16 @@ No torch here: problems and tasks pickle cheaply into worker processes.
 from rlvr.tasks.arithmetic import ArithmeticTask
 from rlvr.tasks.base import SPLITS, Problem, Task
 from rlvr.tasks.countdown import CountdownTask
+from rlvr.tasks.dataset import DatasetTask
 
-TASKS = {"arithmetic": ArithmeticTask, "countdown": CountdownTask}
+TASKS = {"arithmetic": ArithmeticTask, "countdown": CountdownTask, "dataset": DatasetTask}
 
-__all__ = ["SPLITS", "TASKS", "ArithmeticTask", "CountdownTask", "Problem", "Task"]
+__all__ = [
+    "SPLITS",
+    "TASKS",
+    "ArithmeticTask",
+    "CountdownTask",
+    "DatasetTask",
+    "Problem",
+    "Task",
+]
