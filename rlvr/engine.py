@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from rlvr.model import KVCache, Transformer
+from rlvr.model import Transformer
 
 
 @dataclass
@@ -94,7 +94,7 @@ class Engine:
             input_ids[i, prompt_len - len(p) :] = torch.tensor(p, dtype=torch.long)
             attention_mask[i, prompt_len - len(p) :] = 1
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-        cache = KVCache.create(model, num_prompts, prompt_len + max_new_tokens)
+        cache = model.new_cache(num_prompts, prompt_len + max_new_tokens)
         logits = model(input_ids, attention_mask, cache=cache)[:, -1]  # (P, V)
 
         # Copy each prompt's cache into num_samples rows; all N rows decode from here.

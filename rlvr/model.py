@@ -1,10 +1,12 @@
 """The language model: a Llama-family decoder in one file, plus its KV cache.
 
-RoPE (Hugging Face convention: `rotate_half` over two halves), RMSNorm, a SwiGLU MLP,
-grouped-query attention, optional q/k/v biases (Qwen2) and optional tied embeddings.
-Parameter names are exactly those of Hugging Face `LlamaForCausalLM` / `Qwen2ForCausalLM`,
-so a state dict moves between the two without renaming. The model knows nothing about
-tasks, text or training: token ids in, logits out.
+RoPE (Hugging Face convention: `rotate_half` over two halves; optional Llama-3 frequency
+scaling), RMSNorm, a SwiGLU MLP, grouped-query attention, optional q/k/v biases (Qwen2),
+optional per-head RMSNorm on queries and keys (Qwen3), an explicit head width, and optional
+tied embeddings. Parameter names are exactly those of Hugging Face `LlamaForCausalLM`,
+`Qwen2ForCausalLM`, `Qwen3ForCausalLM` and `MistralForCausalLM`, so a state dict moves
+between them without renaming (`rlvr/hf.py` reads and writes those checkpoints). The model
+knows nothing about tasks, text or training: token ids in, logits out.
 
     config = ModelConfig()                     # ~1.1M parameters
     model = Transformer(config)
@@ -14,7 +16,7 @@ tasks, text or training: token ids in, logits out.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +36,7 @@ class ModelConfig:
     num_hidden_layers: int = 6
     """Number of transformer blocks."""
     num_attention_heads: int = 4
-    """Number of query heads; hidden_size must be a multiple of it."""
+    """Number of query heads; hidden_size must be a multiple of it unless head_dim is set."""
     num_key_value_heads: int = 2
     """Number of key/value heads (grouped-query attention); must divide num_attention_heads."""
     max_position_embeddings: int = 256
@@ -47,9 +49,21 @@ class ModelConfig:
     """Share one matrix between the input embedding and the output layer (lm_head)."""
     attention_bias: bool = False
     """Give the q/k/v projections a bias (Qwen2 does; Llama does not)."""
+    head_dim: int = 0
+    """Width of one attention head; 0 means hidden_size // num_attention_heads (Qwen3 and
+    some Llama/Mistral checkpoints set it explicitly)."""
+    qk_norm: bool = False
+    """RMSNorm each query and key head before RoPE (Qwen3)."""
+    rope_scaling: dict = field(default_factory=dict)
+    """RoPE frequency scaling as in a Hugging Face config.json: {} for none, or Llama 3's
+    {rope_type = "llama3", factor, low_freq_factor, high_freq_factor,
+    original_max_position_embeddings}."""
+    sliding_window: int = 0
+    """Local attention window of Mistral-style checkpoints, in tokens; 0 for none. rlvr
+    attends to every earlier token, so every sequence must fit inside the window."""
 
     def __post_init__(self) -> None:
-        if self.hidden_size % self.num_attention_heads:
+        if not self._head_dim and self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size {self.hidden_size} is not a multiple of "
                 f"num_attention_heads {self.num_attention_heads}."
@@ -60,10 +74,53 @@ class ModelConfig:
                 f"num_attention_heads {self.num_attention_heads}."
             )
 
-    @property
-    def head_dim(self) -> int:
-        """Width of one attention head."""
-        return self.hidden_size // self.num_attention_heads
+
+# `config.head_dim` reads as the resolved width, while the dataclass field keeps what was set
+# (0 = derive it), so a later change of hidden_size (a config override) still resolves.
+def _get_head_dim(config: ModelConfig) -> int:
+    return config._head_dim or config.hidden_size // config.num_attention_heads
+
+
+def _set_head_dim(config: ModelConfig, value: int) -> None:
+    config._head_dim = value
+
+
+ModelConfig.head_dim = property(_get_head_dim, _set_head_dim)  # type: ignore[assignment]
+
+
+def rope_inv_freq(config: ModelConfig) -> torch.Tensor:
+    """RoPE inverse frequencies (head_dim / 2,), float32, with Llama 3 scaling if configured."""
+    d = config.head_dim
+    inv_freq = 1.0 / config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float32) / d)
+    scaling = config.rope_scaling
+    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+    if rope_type == "default":
+        return inv_freq
+    if rope_type != "llama3":
+        raise ValueError(
+            f"rope_scaling type {rope_type!r} is not supported; rlvr implements 'default' and "
+            "'llama3' (use a checkpoint with one of those, or add the scaling to rope_inv_freq)."
+        )
+    # Llama 3.1: long wavelengths are slowed down by `factor`, short ones kept, and the band
+    # between them interpolated (as in Hugging Face's _compute_llama3_parameters).
+    factor = scaling["factor"]
+    low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+    old_len = scaling["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+    return torch.where(medium, smoothed, scaled)
+
+
+def rope_tables(config: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of every position's rotary angles: two (max_position_embeddings, head_dim)."""
+    angles = torch.outer(
+        torch.arange(config.max_position_embeddings).float(), rope_inv_freq(config)
+    )
+    angles = torch.cat((angles, angles), dim=-1)
+    return angles.cos(), angles.sin()
 
 
 class KVCache:
@@ -146,11 +203,16 @@ class Attention(nn.Module):
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = config.head_dim
         bias = config.attention_bias
+        q_size = self.num_heads * self.head_dim
         kv_size = self.num_kv_heads * self.head_dim
-        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=bias)
+        self.q_proj = nn.Linear(config.hidden_size, q_size, bias=bias)
         self.k_proj = nn.Linear(config.hidden_size, kv_size, bias=bias)
         self.v_proj = nn.Linear(config.hidden_size, kv_size, bias=bias)
-        self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        self.o_proj = nn.Linear(q_size, config.hidden_size, bias=False)
+        if config.qk_norm:
+            self.q_norm = nn.RMSNorm(self.head_dim, eps=config.rms_norm_eps)
+            self.k_norm = nn.RMSNorm(self.head_dim, eps=config.rms_norm_eps)
+        self.qk_norm = config.qk_norm
 
     def forward(
         self,
@@ -162,9 +224,12 @@ class Attention(nn.Module):
         layer: int,
     ) -> torch.Tensor:
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim)
+        k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, heads, T, head_dim)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
         if cache is not None:
@@ -227,12 +292,9 @@ class Transformer(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         # Rotary tables for every position, computed once in float32 (not saved: HF has none).
-        d = config.head_dim
-        inv_freq = 1.0 / config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float32) / d)
-        angles = torch.outer(torch.arange(config.max_position_embeddings).float(), inv_freq)
-        angles = torch.cat((angles, angles), dim=-1)  # (max_position_embeddings, head_dim)
-        self.register_buffer("rope_cos", angles.cos(), persistent=False)
-        self.register_buffer("rope_sin", angles.sin(), persistent=False)
+        rope_cos, rope_sin = rope_tables(config)
+        self.register_buffer("rope_cos", rope_cos, persistent=False)
+        self.register_buffer("rope_sin", rope_sin, persistent=False)
         self.apply(self._init_weights)
         # Scale the residual projections by depth (GPT-2) so the stream's variance stays put.
         for name, p in self.named_parameters():
@@ -249,6 +311,10 @@ class Transformer(nn.Module):
     def num_parameters(self) -> int:
         """Number of distinct parameters (a tied embedding counts once)."""
         return sum(p.numel() for p in self.parameters())
+
+    def new_cache(self, batch_size: int, max_len: int) -> KVCache:
+        """An empty KV cache for this model (what `Engine` asks every model for)."""
+        return KVCache.create(self, batch_size, max_len)
 
     def forward(
         self,
@@ -274,6 +340,12 @@ class Transformer(nn.Module):
             raise ValueError(
                 f"Sequence of {end} tokens exceeds max_position_embeddings "
                 f"{self.config.max_position_embeddings}."
+            )
+        if self.config.sliding_window and end > self.config.sliding_window:
+            raise ValueError(
+                f"Sequence of {end} tokens exceeds the model's sliding_window "
+                f"{self.config.sliding_window}; rlvr does not implement sliding-window "
+                "attention, so keep prompt + completion within the window."
             )
 
         # Which key slots hold real tokens: (B, S) with S = end, or None if all of them do.

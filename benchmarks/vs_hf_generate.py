@@ -1,0 +1,164 @@
+"""rlvr's Engine against transformers `generate` on the same Qwen2-architecture checkpoint.
+
+    python benchmarks/vs_hf_generate.py [--threads 2] [--runs 5] [--sizes 1m,6m]
+
+For each size, a random Qwen2 model is built in code with transformers, saved, and loaded
+into rlvr with `load_hf_model`; both sides then sample 8 prompts x 8 samples x 128 new
+tokens (forced: no stop token on either side), temperature 1.0, top-p 1.0, no top-k, fp32,
+the same thread count. One warm-up run each, then the median of `--runs` alternating runs.
+Prints one line per size to stderr and one JSON line last on stdout; `ratio` is our new
+tokens/s over theirs (above 1: rlvr is faster). Run it alone: 2-thread torch slows down
+when another process holds a core. Needs transformers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+import transformers
+
+from rlvr.engine import Engine
+from rlvr.hf import char_tokenizer_to_hf, load_hf_model
+from rlvr.tokenizer import CharTokenizer
+
+# Qwen2 shapes (q/k/v biases, untied embeddings off: tied, as small Qwen2 models are).
+SIZES = {
+    "1m": dict(hidden_size=128, intermediate_size=352, num_hidden_layers=6,
+               num_attention_heads=4, num_key_value_heads=2),
+    "6m": dict(hidden_size=256, intermediate_size=704, num_hidden_layers=8,
+               num_attention_heads=8, num_key_value_heads=4),
+}  # fmt: skip
+
+
+def build_checkpoint(size: str, folder: str) -> torch.nn.Module:
+    """A random Qwen2 model (transformers) saved into `folder` with a character tokenizer."""
+    torch.manual_seed(0)
+    config = transformers.Qwen2Config(
+        vocab_size=CharTokenizer().vocab_size,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        **SIZES[size],
+    )
+    model = transformers.Qwen2ForCausalLM(config).eval()
+    model.save_pretrained(folder)
+    char_tokenizer_to_hf(CharTokenizer()).save_pretrained(folder)
+    return model
+
+
+def measure(size: str, args: argparse.Namespace) -> dict:
+    """Median new tokens/s of both sides on one model size; prints one line to stderr."""
+    new_tokens = args.prompts * args.samples * args.new_tokens
+    with tempfile.TemporaryDirectory() as folder:
+        theirs = build_checkpoint(size, folder)
+        ours, _ = load_hf_model(folder)
+    vocab = ours.config.vocab_size
+    # Prompts of varied lengths, left-padded on transformers' side as the engine does.
+    prompts = [
+        torch.randint(7, vocab, (args.prompt_len - i % 5,)).tolist() for i in range(args.prompts)
+    ]
+    input_ids = torch.tensor([[0] * (args.prompt_len - len(p)) + p for p in prompts])
+    lengths = torch.tensor([len(p) for p in prompts])[:, None]
+    attention_mask = (torch.arange(args.prompt_len) >= args.prompt_len - lengths).long()
+    engine = Engine(ours, pad_id=0)
+
+    def run_ours(seed: int) -> float:
+        generator = torch.Generator().manual_seed(seed)
+        start = time.perf_counter()
+        completions = engine.generate(
+            prompts,
+            num_samples=args.samples,
+            max_new_tokens=args.new_tokens,
+            temperature=1.0,
+            top_p=1.0,
+            generator=generator,
+        )
+        seconds = time.perf_counter() - start
+        assert sum(len(c.token_ids) for c in completions) == new_tokens
+        return seconds
+
+    @torch.inference_mode()
+    def run_theirs(seed: int) -> float:
+        torch.manual_seed(seed)
+        start = time.perf_counter()
+        out = theirs.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            do_sample=True,
+            num_return_sequences=args.samples,
+            max_new_tokens=args.new_tokens,
+            min_new_tokens=args.new_tokens,
+            temperature=1.0,
+            top_p=1.0,
+            top_k=0,
+            pad_token_id=0,
+            eos_token_id=None,
+        )
+        seconds = time.perf_counter() - start
+        assert out[:, args.prompt_len :].numel() == new_tokens
+        return seconds
+
+    run_ours(0), run_theirs(0)  # warm-up
+    ours_s, theirs_s = [], []
+    for seed in range(1, args.runs + 1):  # alternate, so drift in machine load hits both
+        ours_s.append(run_ours(seed))
+        theirs_s.append(run_theirs(seed))
+    ours_tps = new_tokens / statistics.median(ours_s)
+    theirs_tps = new_tokens / statistics.median(theirs_s)
+    print(
+        f"{size}: {ours.num_parameters():,} params  rlvr {ours_tps:,.0f} tok/s  "
+        f"transformers {theirs_tps:,.0f} tok/s  ratio {ours_tps / theirs_tps:.2f}",
+        file=sys.stderr,
+    )
+    return {
+        "num_parameters": ours.num_parameters(),
+        "ours_new_tokens_per_s": round(ours_tps),
+        "transformers_new_tokens_per_s": round(theirs_tps),
+        "ratio": round(ours_tps / theirs_tps, 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--samples", type=int, default=8)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--prompt-len", type=int, default=24, help="longest prompt, tokens")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--sizes", default="1m,6m", help=f"comma-separated of {list(SIZES)}")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    transformers.logging.set_verbosity_error()
+
+    results = {size: measure(size, args) for size in args.sizes.split(",")}
+    print(
+        json.dumps(
+            {
+                "benchmark": "vs_hf_generate",
+                "architecture": "qwen2",
+                "prompts": args.prompts,
+                "samples": args.samples,
+                "new_tokens": args.new_tokens,
+                "prompt_len": args.prompt_len,
+                "temperature": 1.0,
+                "top_p": 1.0,
+                "dtype": "float32",
+                "threads": torch.get_num_threads(),
+                "runs": args.runs,
+                "statistic": "median",
+                "transformers_version": transformers.__version__,
+                "torch_version": torch.__version__,
+                "sizes": results,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
