@@ -5,7 +5,7 @@ comes from and writes out its formula, so a reader can check the code against th
 
     advantages     compute_advantages (grpo, dr_grpo, batch_std, rloo, reinforce_pp),
                    combine_rewards (several reward functions)
-    length         overlong_penalty (a reward), mask_truncated (a loss mask)
+    length         mask_truncated (a loss mask); the overlong reward is in rlvr/rewards.py
     tokens         token_logprobs, entropy_from_logits, kl_k3, masked_mean
     losses         policy_loss (grpo, bnpo, dr_grpo, dapo, gspo, cispo; dual clip, KL,
                    entropy bonus), clipped_policy_loss (the original token-mean loss)
@@ -271,37 +271,6 @@ def combine_rewards(
     if mode == "gdpo":
         advantages = _batch_zscore(advantages, group_size, eps)
     return advantages
-
-
-def overlong_penalty(lengths: Tensor, max_length: int, buffer: int) -> Tensor:
-    """DAPO's soft overlong punishment: a reward that ramps from 0 to -1 near the length cap.
-
-    DAPO (Yu et al. 2025, arXiv:2503.14476, section 3.4), with L_max = max_length and
-    L_cache = buffer:
-
-        R(L) = 0                                 L <= L_max - L_cache
-             = ((L_max - L_cache) - L) / L_cache  L_max - L_cache < L <= L_max
-             = -1                                L > L_max
-
-    i.e. clamp(((L_max - L_cache) - L) / L_cache, -1, 0). Added to the task reward, it
-    tells the policy that answers running into the cap are worse, without the noise of
-    punishing a correct answer that was merely long at full strength. A completion the
-    engine cut off at max_length tokens gets -1.
-
-    Args:
-        lengths: (N,) completion lengths in tokens.
-        max_length: L_max, the generation cap in tokens.
-        buffer: L_cache, the length of the ramp in tokens, 1 <= buffer <= max_length.
-
-    Returns:
-        (N,) penalties in [-1, 0], float.
-    """
-    if not 1 <= buffer <= max_length:
-        raise ValueError(
-            f"overlong_penalty: buffer must be in [1, max_length = {max_length}], got {buffer}."
-        )
-    lengths = lengths if lengths.is_floating_point() else lengths.float()
-    return ((max_length - buffer - lengths) / buffer).clamp(-1.0, 0.0)  # (N,)
 
 
 def mask_truncated(mask: Tensor, truncated: Tensor) -> Tensor:

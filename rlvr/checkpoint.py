@@ -1,16 +1,23 @@
 """Checkpoints: a folder that Hugging Face tools and `rlvr eval` can both read, written atomically.
 
     checkpoint/
-      model.safetensors     weights under Hugging Face Llama names (lm_head omitted when tied)
-      config.json           Hugging Face LlamaForCausalLM config
-      rlvr_tokenizer.json   our character tokenizer
+      model.safetensors     weights under Hugging Face names (lm_head omitted when tied)
+      config.json           Hugging Face config (LlamaForCausalLM for the from-scratch model,
+                            the loaded model's family for `--model` runs)
+      tokenizer.json, tokenizer_config.json, ...
+                            the tokenizer as PreTrainedTokenizerFast reads it, chat template
+                            included (written by `rlvr.hf.save_hf`; needs transformers)
+      rlvr_tokenizer.json   from-scratch runs: our character tokenizer
+      generation_config.json  `--model` runs: the token ids that end a completion
       rlvr_config.toml      the resolved run config
       state.json            phase, step, policy_version, metrics at save time
       trainer_state.pt      resumable checkpoints only: optimizer, RNG states, data position,
                             the reference model when one is used (`torch.load`, weights_only)
 
 A checkpoint is written into a temporary sibling folder, each file fsynced, then renamed
-over the old one, so a crash mid-save leaves the previous checkpoint intact.
+over the old one, so a crash mid-save leaves the previous checkpoint intact. The folder is
+what `AutoModelForCausalLM.from_pretrained` and `PreTrainedTokenizerFast.from_pretrained`
+load, with the same logits.
 
 A run keeps its resumable checkpoints in run_dir/checkpoints/<phase>-<step>/ (pretrain-000400,
 grpo-000020, ...), the newest `checkpoint.keep` of them; `latest_checkpoint` finds the one
@@ -19,7 +26,6 @@ grpo-000020, ...), the newest `checkpoint.keep` of them; `latest_checkpoint` fin
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -29,29 +35,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from rlvr.config import Config, ConfigError, load_config, to_toml
-from rlvr.model import ModelConfig, Transformer
+from rlvr.hf import save_hf
+from rlvr.model import Transformer
+from rlvr.tokenizer import FILENAME as CHAR_TOKENIZER
 from rlvr.tokenizer import CharTokenizer
 
 WEIGHTS = "model.safetensors"
 TRAINER_STATE = "trainer_state.pt"
 CHECKPOINTS = "checkpoints"
 PHASES = ("pretrain", "grpo")  # in run order
-
-
-def hf_config(model_cfg: ModelConfig, tokenizer: CharTokenizer, dtype: torch.dtype) -> dict:
-    """A Hugging Face config.json for our decoder (it is a Llama)."""
-    cfg = dataclasses.asdict(model_cfg)
-    cfg.update(
-        architectures=["LlamaForCausalLM"],
-        model_type="llama",
-        head_dim=model_cfg.hidden_size // model_cfg.num_attention_heads,
-        hidden_act="silu",
-        bos_token_id=tokenizer.bos_id,
-        eos_token_id=tokenizer.eos_id,
-        pad_token_id=tokenizer.pad_id,
-        torch_dtype=str(dtype).removeprefix("torch."),
-    )
-    return cfg
 
 
 def save_checkpoint(
@@ -73,23 +65,15 @@ def save_checkpoint(
     tmp.mkdir(parents=True)
 
     try:
-        weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        if model.config.tie_word_embeddings:
-            # lm_head shares embed_tokens' matrix; Hugging Face omits it the same way
-            weights.pop("lm_head.weight", None)
-        save_file(weights, str(tmp / WEIGHTS), metadata={"format": "pt"})
-        dtype = next(model.parameters()).dtype
-        (tmp / "config.json").write_text(
-            json.dumps(hf_config(model.config, tokenizer, dtype), indent=2)
-        )
-        tokenizer.save(tmp)
+        save_hf(model, tokenizer, tmp, save_file)  # weights, config.json, tokenizer files
         (tmp / "rlvr_config.toml").write_text(to_toml(config))
         (tmp / "state.json").write_text(json.dumps(state or {}, indent=2))
         if trainer_state is not None:
             torch.save(trainer_state, tmp / TRAINER_STATE)
         for f in tmp.iterdir():
-            with open(f, "rb+") as fh:
-                os.fsync(fh.fileno())
+            if f.is_file():
+                with open(f, "rb+") as fh:
+                    os.fsync(fh.fileno())
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # the previous checkpoint stays as it was
         raise
@@ -111,13 +95,17 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _has_weights(folder: Path) -> bool:
+    return (folder / WEIGHTS).is_file() or (folder / f"{WEIGHTS}.index.json").is_file()
+
+
 def find_checkpoint(path: str | Path) -> Path:
     """Accept a checkpoint folder or a run folder (whose latest checkpoint is used)."""
     path = Path(path)
-    if (path / WEIGHTS).is_file():
+    if _has_weights(path):
         return path
     for name in ("checkpoint", "checkpoints/final", "pretrained"):
-        if (path / name / WEIGHTS).is_file():
+        if _has_weights(path / name):
             return path / name
     raise ConfigError(
         f"{path} holds no checkpoint ({WEIGHTS} not found); pass a run folder or a checkpoint folder."
@@ -125,15 +113,28 @@ def find_checkpoint(path: str | Path) -> Path:
 
 
 def load_checkpoint(path: str | Path) -> tuple[Transformer, CharTokenizer, Config, dict]:
-    """Load model, tokenizer, run config and state from a checkpoint or run folder."""
+    """Load model, tokenizer, run config and state from a checkpoint or run folder.
+
+    A from-scratch run's checkpoint (rlvr_tokenizer.json) comes back as our Transformer and
+    CharTokenizer; one of a `--model` run through `rlvr.hf.load_hf_model` (its tokenizer an
+    `HFTokenizer`).
+    """
     path = find_checkpoint(path)
     config = load_config(path / "rlvr_config.toml")
-    tokenizer = CharTokenizer.load(path)
-    model = Transformer(config.model)
-    weights = load_file(str(path / WEIGHTS))
-    if config.model.tie_word_embeddings:
-        weights["lm_head.weight"] = weights["model.embed_tokens.weight"]
-    model.load_state_dict(weights)
+    if (path / CHAR_TOKENIZER).is_file():
+        tokenizer = CharTokenizer.load(path)
+        model = Transformer(config.model)
+        weights = load_file(str(path / WEIGHTS))
+        if config.model.tie_word_embeddings:
+            weights["lm_head.weight"] = weights["model.embed_tokens.weight"]
+        model.load_state_dict(weights)
+    else:
+        from rlvr.hf import load_hf_model
+
+        try:
+            model, tokenizer = load_hf_model(path)
+        except (ValueError, ImportError) as e:
+            raise ConfigError(f"Checkpoint {path}: {e}".rstrip(".") + ".") from e
     state = json.loads((path / "state.json").read_text()) if (path / "state.json").exists() else {}
     return model, tokenizer, config, state
 

@@ -1,7 +1,7 @@
 """The `rlvr` command. Subcommands only parse their arguments and call into the package.
 
     rlvr demo [--out DIR] [--key value ...]        pretrain -> eval -> GRPO -> eval, on the CPU
-    rlvr train CONFIG.toml [--out DIR] [--key value ...]
+    rlvr train CONFIG.toml [--out DIR] [--model HF_FOLDER] [--key value ...]
     rlvr train --resume DIR [--key value ...]      continue a stopped or killed run
     rlvr eval RUN_DIR [--key value ...]            re-evaluate a saved checkpoint
     rlvr verify INPUT.jsonl [--verifier math|code|puzzle:NAME] [--output OUT.jsonl]
@@ -57,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
                            epilog=_help_keys(), formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     train.add_argument("config", nargs="?", help="a TOML recipe, e.g. recipes/demo.toml")
     train.add_argument("--out", help="run folder (default: runs/<name>-<time>)")
+    train.add_argument("--model", metavar="PATH",
+                       help="a local Hugging Face checkpoint folder to train (config key model_path)")  # fmt: skip
     train.add_argument("--resume", metavar="DIR",
                        help="continue the run in DIR from its latest checkpoint")  # fmt: skip
 
@@ -84,10 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     args, overrides = _parser().parse_known_args(argv)
     try:
         if args.command in ("demo", "train") and args.resume:
-            if getattr(args, "config", None) or args.out:
+            if getattr(args, "config", None) or args.out or getattr(args, "model", None):
                 raise ConfigError(
-                    "--resume DIR takes the run's own config.toml: drop the CONFIG and --out "
-                    "arguments (overrides such as --grpo.steps 100 are allowed)."
+                    "--resume DIR takes the run's own config.toml: drop the CONFIG, --out and "
+                    "--model arguments (overrides such as --grpo.steps 100 are allowed)."
                 )
             return _resume(Path(args.resume), overrides)
         if args.command == "demo":
@@ -95,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             if not args.config:
                 raise ConfigError("rlvr train needs a CONFIG.toml (or --resume DIR).")
+            if args.model:
+                overrides = [*overrides, "--model_path", args.model]
             return _train(Path(args.config), args.out, overrides)
         if args.command == "eval":
             return _eval(Path(args.run_dir), args.output, overrides)
@@ -170,7 +174,7 @@ def _eval(run_dir: Path, output: str | None, overrides: list[str]) -> int:
     from rlvr.config import apply_overrides
     from rlvr.evaluate import evaluate
     from rlvr.rewards import Scorer, open_pool
-    from rlvr.train import make_task, seed_everything
+    from rlvr.train import make_task, seed_everything, system_prompt
 
     model, tokenizer, cfg, state = load_checkpoint(run_dir)
     apply_overrides(cfg, overrides)
@@ -178,7 +182,8 @@ def _eval(run_dir: Path, output: str | None, overrides: list[str]) -> int:
     task = make_task(cfg)
     problems = task.problems("test", cfg.eval.num_problems, seed=cfg.seed)
     with torch.no_grad(), open_pool(cfg.reward, preload=(type(task).__module__,)) as pool:
-        scorer = Scorer(task, cfg.reward, cfg.eval.max_new_tokens, pool)
+        scorer = Scorer(task, cfg.reward, cfg.eval.max_new_tokens, pool,
+                        system_prompt=system_prompt(cfg))  # fmt: skip
         metrics, _ = evaluate(model, tokenizer, scorer, problems, cfg.eval, seed=cfg.seed)
     metrics = {"checkpoint": str(run_dir), "eval_problems": len(problems), **metrics}
     text = json.dumps(metrics)

@@ -99,8 +99,38 @@ class GRPOConfig:
     """Optimizer passes (mu) over each sampled batch; old logprobs come from sampling time."""
     num_minibatches: int = 1
     """Optimizer steps per pass: the batch of num_prompts x group_size splits into this many."""
-    scale_rewards: bool = True
-    """Divide advantages by the group's reward std (GRPO); false gives Dr. GRPO's mean-only."""
+    loss_type: str = "dapo"
+    """How token losses are averaged: "grpo" (per sequence, then over sequences), "bnpo" (over
+    the micro-batch's tokens), "dr_grpo" (sum / (sequences x max_new_tokens)), "dapo" (over
+    all tokens of the optimizer batch), "gspo" (sequence-level ratio), "cispo" (clipped,
+    stop-gradient importance weight). See rlvr/algorithms.py for the formulas."""
+    advantage: str = "grpo"
+    """Advantage estimator: "grpo" (group z-score), "dr_grpo" (group mean only), "batch_std"
+    (group mean, batch std), "rloo" (leave-one-out), "reinforce_pp" (REINFORCE++: group
+    mean, then batch z-score)."""
+    reward_combine: str = "sum_then_normalize"
+    """With several reward parts: "sum_then_normalize" (weighted sum, then the estimator),
+    "normalize_then_sum" (the estimator per part, then the weighted sum) or "gdpo"."""
+    dynamic_sampling: bool = False
+    """DAPO dynamic sampling: drop groups whose rewards are all equal and sample more problems
+    until the batch is full (at most max_sampling_rounds rounds)."""
+    max_sampling_rounds: int = 4
+    """Sampling rounds per step with dynamic_sampling; the step trains on what it has then."""
+    delta: float = 0.0
+    """Dual clip: for negative advantages the ratio term is capped at delta (e.g. 3.0; 0 off)."""
+    mask_truncated: bool = False
+    """Give completions cut off at max_new_tokens no loss (DAPO's overlong filtering)."""
+    entropy_coef: float = 0.0
+    """Weight of an entropy bonus in the loss (entropy is always logged)."""
+    ref_update_every: int = 0
+    """Copy the policy into the reference model every this many steps (0: keep the start)."""
+    is_level: str = "none"
+    """Importance-sampling correction between the sampler's and the learner's logprobs:
+    "none", "token" or "sequence" (costs one extra forward pass per step)."""
+    is_mode: str = "truncate"
+    """"truncate" caps the weight at is_cap (TIS); "mask" drops tokens/sequences above it."""
+    is_cap: float = 2.0
+    """Largest importance weight kept."""
     eval_every: int = 20
     """Evaluate on the held-out split every this many GRPO steps (0: only before and after)."""
 
@@ -166,6 +196,13 @@ class Config:
     """Exact run folder (the CLI's --out); overrides runs_dir and name."""
     init_from: str = ""
     """Run folder or checkpoint folder to start from instead of pretraining from scratch."""
+    model_path: str = ""
+    """A local Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer) to train
+    instead of a from-scratch model (the CLI's --model); pretraining is skipped and the model
+    table is filled from the checkpoint."""
+    system_prompt: str = ""
+    """System prompt put before every question through the model's chat template ("" for
+    none; "r1" for DeepSeek-R1-Zero's think/answer instruction). Needs a Hugging Face model."""
     max_bad_steps: int = 3
     """Stop after this many steps in a row whose loss or gradient was NaN or infinite (such
     an update is skipped and counted in skipped_updates); 0 never stops."""
@@ -423,6 +460,7 @@ def validate(cfg: Config) -> None:
         ("grpo.max_new_tokens", g.max_new_tokens),
         ("grpo.num_iterations", g.num_iterations),
         ("grpo.num_minibatches", g.num_minibatches),
+        ("grpo.max_sampling_rounds", g.max_sampling_rounds),
         ("eval.num_problems", e.num_problems),
         ("eval.max_new_tokens", e.max_new_tokens),
         ("eval.batch_size", e.batch_size),
@@ -447,15 +485,42 @@ def validate(cfg: Config) -> None:
     need(g.beta >= 0, f"grpo.beta must be 0 or more, got {g.beta}.")
     need(0 <= g.epsilon < 1, f"grpo.epsilon must be in [0, 1), got {g.epsilon}.")
     need(g.epsilon_high >= 0, f"grpo.epsilon_high must be 0 or more, got {g.epsilon_high}.")
+    from rlvr.algorithms import ADVANTAGE_ESTIMATORS, LOSS_TYPES, REWARD_COMBINE_MODES
+
+    for key, value, choices in [
+        ("grpo.loss_type", g.loss_type, LOSS_TYPES),
+        ("grpo.advantage", g.advantage, ADVANTAGE_ESTIMATORS),
+        ("grpo.reward_combine", g.reward_combine, REWARD_COMBINE_MODES),
+        ("grpo.is_level", g.is_level, ("none", "token", "sequence")),
+        ("grpo.is_mode", g.is_mode, ("truncate", "mask")),
+    ]:
+        need(value in choices, f"{key} {value!r} is not one of {', '.join(choices)}.")
+    need(g.delta == 0 or g.delta > 1, f"grpo.delta must be 0 (off) or above 1, got {g.delta}.")
+    need(
+        g.delta == 0 or g.loss_type != "cispo",
+        "grpo.delta has no effect with grpo.loss_type = 'cispo' (its weight is already capped);"
+        " set grpo.delta = 0.",
+    )
+    need(g.is_cap >= 1, f"grpo.is_cap must be at least 1, got {g.is_cap}.")
+    need(g.entropy_coef >= 0, f"grpo.entropy_coef must be 0 or more, got {g.entropy_coef}.")
     for key, value in [
         ("pretrain.think_fraction", p.think_fraction),
         ("pretrain.slip_fraction", p.slip_fraction),
     ]:
         need(0 <= value <= 1, f"{key} must be a fraction in [0, 1], got {value}.")
     need(
-        cfg.task.name != "dataset" or p.steps == 0 or bool(cfg.init_from),
+        cfg.task.name != "dataset" or p.steps == 0 or bool(cfg.init_from or cfg.model_path),
         "task 'dataset' has no synthetic solutions to pretrain on: set pretrain.steps = 0 and "
-        "init_from to the model to train.",
+        "init_from (or model_path) to the model to train.",
+    )
+    need(
+        not (cfg.init_from and cfg.model_path),
+        "init_from and model_path both name a model to start from; keep one of them.",
+    )
+    need(
+        not cfg.system_prompt or bool(cfg.init_from or cfg.model_path),
+        "system_prompt needs a model with a chat template (model_path, or init_from a run "
+        'that trained one); the from-scratch model has no system prompt: set system_prompt = "".',
     )
     need(e.num_samples != 1, "eval.num_samples must be 0 (off) or at least 2 for pass@k and maj@k.")
     r, c = cfg.reward, cfg.checkpoint
@@ -464,6 +529,7 @@ def validate(cfg: Config) -> None:
         ("reward.workers", r.workers),
         ("checkpoint.every", c.every),
         ("max_bad_steps", cfg.max_bad_steps),
+        ("grpo.ref_update_every", g.ref_update_every),
     ]:
         need(value >= 0, f"{key} must be 0 or more, got {value}.")
     need(

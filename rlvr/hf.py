@@ -467,10 +467,13 @@ def _load_with_transformers(path: Path, model_type, dtype: torch.dtype, reason: 
     return HFCausalLM(model.eval())
 
 
-def save_hf(model: nn.Module, tokenizer, path: str | Path) -> Path:
+def save_hf(model: nn.Module, tokenizer, path: str | Path, save_file=save_file) -> Path:
     """Write `model` and `tokenizer` as a folder `AutoModelForCausalLM.from_pretrained` and
     `PreTrainedTokenizerFast.from_pretrained` read back (not atomically; callers that need
-    that write into a temporary folder first). Returns the folder."""
+    that write into a temporary folder first). Returns the folder.
+
+    save_file: what writes the safetensors file of rlvr's own model (safetensors' by default;
+    rlvr.checkpoint passes its own name for it, which tests replace to fake a full disk)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     if isinstance(model, HFCausalLM):
@@ -484,8 +487,20 @@ def save_hf(model: nn.Module, tokenizer, path: str | Path) -> Path:
         config = hf_config(model.config, tokenizer, dtype)
         (path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     if isinstance(tokenizer, CharTokenizer):
-        char_tokenizer_to_hf(tokenizer).save_pretrained(str(path))
-        tokenizer.save(path)  # rlvr_tokenizer.json too, so load_checkpoint reads the folder
+        tokenizer.save(path)  # rlvr_tokenizer.json, so load_checkpoint reads the folder
+        try:
+            fast = char_tokenizer_to_hf(tokenizer)
+        except ImportError:  # rlvr's core runs without transformers; tokenizer.json needs it
+            log.warning("transformers is not installed: %s gets no tokenizer.json.", path)
+        else:
+            fast.save_pretrained(str(path))
     else:
         tokenizer.save(path)
+        # The tokens that end a completion (a chat model's <|im_end|> and eos) go where
+        # HFTokenizer.from_folder and transformers' generate read them.
+        generation = path / "generation_config.json"
+        settings = json.loads(generation.read_text()) if generation.is_file() else {}
+        if tokenizer.stop_ids:
+            settings["eos_token_id"] = tokenizer.stop_ids
+            generation.write_text(json.dumps(settings, indent=2) + "\n")
     return path

@@ -108,12 +108,26 @@ class Scorer:
     scored = scorer.score(pending, num_tokens=37)      # waits for the verdicts
     """
 
-    def __init__(self, task, reward_cfg, max_new_tokens: int, pool: VerifierPool | None = None):
+    def __init__(
+        self,
+        task,
+        reward_cfg,
+        max_new_tokens: int,
+        pool: VerifierPool | None = None,
+        system_prompt: str = "",
+    ):
         self.task = task
+        self.system_prompt = system_prompt
+        """The system prompt of the task's prompts (rollout puts it there; "" for none)."""
         self.cfg = reward_cfg
         self.max_new_tokens = max_new_tokens
         self.pool = pool
         self.functions = {name: load_function(name) for name in reward_cfg.functions}
+        # the weight of each reward part, by name, in the order of Scored.parts
+        self.weights = {"accuracy": reward_cfg.accuracy_weight, "format": reward_cfg.format_weight}
+        if reward_cfg.overlong_buffer > 0:
+            self.weights["overlong"] = reward_cfg.overlong_weight
+        self.weights.update(reward_cfg.functions)
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> Future | _Done:
         if self.pool is not None:
@@ -142,17 +156,14 @@ class Scorer:
             accuracy, fmt = 0.0, 0.0
             verdict = Verdict(0.0, "error", {}, "verifier returned a non-finite score")
         parts = {"accuracy": float(accuracy), "format": float(fmt)}
-        weights = {"accuracy": c.accuracy_weight, "format": c.format_weight}
         if c.overlong_buffer > 0:
             parts["overlong"] = overlong_penalty(num_tokens, self.max_new_tokens, c.overlong_buffer)
-            weights["overlong"] = c.overlong_weight
-        for name, weight in c.functions.items():
+        for name in c.functions:
             value = as_verdict(pending[name].result()).reward
             if not _finite(value):
                 bad, value = bad + 1, 0.0
             parts[name] = float(value)
-            weights[name] = weight
-        reward = sum(weights[name] * value for name, value in parts.items())
+        reward = sum(self.weights[name] * value for name, value in parts.items())
         return Scored(verdict=verdict, parts=parts, reward=reward, bad=bad)
 
 

@@ -8,6 +8,10 @@ weighted sum of its reward parts.
 
 Every episode carries the `policy_version` that sampled it, so a learner can tell how stale
 it is (synchronous training is staleness 0).
+
+Prompts come from `tokenizer.format_prompt(question, scorer.system_prompt)`: the character
+tokenizer's `<bos>{question}\n`, or a Hugging Face checkpoint's chat template with the
+assistant turn opened. Completions stop at `tokenizer.stop_ids`.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from rlvr.engine import Completion, Engine
 from rlvr.errors import ConfigError
 from rlvr.rewards import Scorer
 from rlvr.tasks import Problem
-from rlvr.tokenizer import EMPTY_THINK, CharTokenizer, format_prompt
+from rlvr.tokenizer import EMPTY_THINK, EOS, CharTokenizer
 from rlvr.verifiers import Verdict
 
 
@@ -51,10 +55,22 @@ class Episode:
         return start == 0 and end > len("<think>") and self.response[7:end].strip() != ""
 
 
-def prompt_text(problem: Problem, think: bool | None) -> str:
+def prompt_text(
+    tokenizer: CharTokenizer, problem: Problem, think: bool | None, system_prompt: str = ""
+) -> str:
     """The prompt for a problem; think=False prefills an empty think block (the ablation)."""
-    text = format_prompt(problem.prompt)
+    text = tokenizer.format_prompt(problem.prompt, system_prompt or None)
     return text + EMPTY_THINK if think is False else text
+
+
+def response_text(tokenizer: CharTokenizer, token_ids: list[int], prefill: str = "") -> str:
+    """The response text of a completion, prefill first. A final stop token other than the
+    format's own <eos> (a chat model's <|im_end|>, say) is left out, so the format check
+    reads every model's responses alike."""
+    if token_ids and token_ids[-1] in tokenizer.stop_ids:
+        if tokenizer.decode(token_ids[-1:]) != EOS:
+            token_ids = token_ids[:-1]
+    return prefill + tokenizer.decode(token_ids)
 
 
 def rollout(
@@ -72,12 +88,14 @@ def rollout(
     policy_version: int = 0,
     think: bool | None = None,
 ) -> list[Episode]:
-    """Sample `num_samples` completions per problem and score each; group-major order."""
+    """Sample `num_samples` completions per problem and score each; group-major order.
+
+    The prompts carry `scorer.system_prompt` (empty: none)."""
     prefill = EMPTY_THINK if think is False else ""
     prompts = []
     for p in problems:
         try:
-            prompts.append(tokenizer.encode(prompt_text(p, think)))
+            prompts.append(tokenizer.encode(prompt_text(tokenizer, p, think, scorer.system_prompt)))
         except ValueError as e:
             raise ConfigError(
                 f"Problem {p.id} cannot be tokenized ({e}); remove it from the data or use a "
@@ -86,7 +104,7 @@ def rollout(
     pending: dict[tuple[int, int], tuple[str, dict]] = {}
 
     def verify_now(c: Completion) -> None:
-        response = prefill + tokenizer.decode(c.token_ids)
+        response = response_text(tokenizer, c.token_ids, prefill)
         pending[c.prompt_index, c.sample_index] = (
             response,
             scorer.submit(response, problems[c.prompt_index]),
@@ -99,7 +117,7 @@ def rollout(
         temperature=temperature,
         top_p=top_p,
         top_k=top_k,
-        stop_token_ids=[tokenizer.eos_id],
+        stop_token_ids=tokenizer.stop_ids,
         generator=generator,
         on_complete=verify_now,
     )

@@ -6,7 +6,9 @@ of one example is
 
     <bos>{question}\\n<think>{steps}</think><answer>{answer}</answer><eos>
 
-The prompt is `format_prompt(question)`; everything after it is the model's response.
+The prompt is `format_prompt(question)` (also `tok.format_prompt(question)`, the method every
+tokenizer has; `rlvr.hf.HFTokenizer` writes it through a checkpoint's chat template); everything
+after it is the model's response.
 Prefilling the response with `EMPTY_THINK` forces the model to answer without thinking.
 
     tok = CharTokenizer()
@@ -94,6 +96,24 @@ class CharTokenizer:
     @property
     def special_ids(self) -> list[int]:
         return [self._id[t] for t in SPECIAL_TOKENS]
+
+    @property
+    def stop_ids(self) -> list[int]:
+        """Token ids that end a completion: [eos_id] (the interface `HFTokenizer` shares)."""
+        return [self.eos_id]
+
+    def format_prompt(self, question: str, system_prompt: str | None = None) -> str:
+        """The prompt text for a question (module-level `format_prompt`).
+
+        A from-scratch model has never seen a system prompt, so setting one is an error
+        rather than text silently dropped or added.
+        """
+        if system_prompt:
+            raise ValueError(
+                "The character tokenizer's prompt format has no system prompt; set "
+                'system_prompt = "" (system prompts need a model with a chat template).'
+            )
+        return format_prompt(question)
 
     def token_to_id(self, token: str) -> int:
         """The id of one token (a special token string or a single character)."""

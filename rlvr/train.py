@@ -7,16 +7,20 @@
 (config.toml, metrics.jsonl, tensorboard/, plots/, samples/, pretrained/, checkpoints/,
 checkpoint/, summary.json).
 
-GRPO here follows DeepSeekMath (Shao et al. 2024) with these choices, all in the config:
-- advantages are z-scores within each group of k samples (`grpo.scale_rewards = false` gives
-  Dr. GRPO's mean-only advantages, Liu et al. 2025);
-- the ratio is clipped asymmetrically, [1 - epsilon, 1 + epsilon_high] (DAPO's clip-higher);
-- the loss is averaged over all completion tokens of a minibatch (token-level, as DAPO), not
-  per sequence first;
-- the KL penalty to the frozen starting policy uses the k3 estimator inside the loss, as the
-  paper does; beta = 0 loads no reference model;
-- the "old" logprobs of the ratio are the sampler's, taken at sampling time; each batch is
-  used for `num_iterations` (mu) optimizer passes.
+GRPO here follows DeepSeekMath (Shao et al. 2024); every choice is a config key, and the
+variants practitioners use are one key away (formulas and papers in rlvr/algorithms.py):
+- advantages: `grpo.advantage` = grpo (z-score within each group of k samples), dr_grpo,
+  batch_std, rloo, reinforce_pp; with several reward parts, `grpo.reward_combine`;
+- loss: `grpo.loss_type` = dapo (default: token mean over the optimizer batch), grpo, bnpo,
+  dr_grpo, gspo, cispo; the ratio is clipped to [1 - epsilon, 1 + epsilon_high] (DAPO's
+  clip-higher), `grpo.delta` adds the dual clip, `grpo.entropy_coef` an entropy bonus;
+- DAPO's dynamic sampling (`grpo.dynamic_sampling`), overlong filtering
+  (`grpo.mask_truncated`) and soft overlong punishment (`reward.overlong_buffer`);
+- the KL penalty to the reference model uses the k3 estimator inside the loss; beta = 0
+  loads no reference; `grpo.ref_update_every` refreshes it;
+- the "old" logprobs of the ratio are the sampler's, taken at sampling time (or the
+  learner's, with importance weights for the difference: `grpo.is_level`); each batch is
+  used for `num_iterations` (mu) optimizer passes, one optimizer step per minibatch.
 
 Runs survive: every `checkpoint.every` steps (and at the end of each phase) a resumable
 checkpoint holds the weights, optimizer, RNG states and data position, so a resumed run
@@ -45,9 +49,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from rlvr.algorithms import (
-    clipped_policy_loss,
+    combine_rewards,
+    compute_advantages,
     entropy_from_logits,
-    group_advantages,
+    mask_truncated,
+    policy_loss,
+    sampler_correction,
     token_logprobs,
 )
 from rlvr.checkpoint import (
@@ -67,7 +74,7 @@ from rlvr.report import RunLogger, plot_metrics, write_samples
 from rlvr.rewards import Scorer, open_pool
 from rlvr.rollout import Episode, rollout
 from rlvr.tasks import TASKS, Problem
-from rlvr.tokenizer import EOS, CharTokenizer, format_prompt
+from rlvr.tokenizer import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, CharTokenizer
 
 console = Console(stderr=True)
 
@@ -102,6 +109,49 @@ def make_task(cfg: Config):
         if isinstance(e, ConfigError):
             raise
         raise ConfigError(f"task {cfg.task.name!r}: {e}".rstrip(".") + ".") from e
+
+
+def system_prompt(cfg: Config) -> str:
+    """The run's system prompt: cfg.system_prompt, with "r1" standing for R1_SYSTEM_PROMPT."""
+    if cfg.system_prompt.strip().lower() == "r1":
+        from rlvr.hf import R1_SYSTEM_PROMPT
+
+        return R1_SYSTEM_PROMPT
+    return cfg.system_prompt
+
+
+def load_model(path: str) -> tuple[torch.nn.Module, CharTokenizer]:
+    """A local Hugging Face checkpoint folder's model and tokenizer (`--model PATH`).
+
+    A folder that is not a checkpoint, or a tokenizer that cannot write the R1 format's
+    tags, is a ConfigError (exit code 2) before any work starts.
+    """
+    try:
+        from rlvr.hf import load_hf_model
+
+        model, tokenizer = load_hf_model(path)
+    except (ValueError, ImportError, OSError) as e:
+        raise ConfigError(f"--model {path}: {e}".rstrip(".") + ".") from e
+    check_format_tokens(tokenizer, path)
+    return model, tokenizer
+
+
+def check_format_tokens(tokenizer, where: str) -> None:
+    """Raise ConfigError unless the R1 format's text survives encode -> decode unchanged
+    (the verifiers read the decoded response, so a tag the tokenizer mangles never scores)."""
+    text = f"{THINK_OPEN}\n3*4=12\n{THINK_CLOSE}\n{ANSWER_OPEN}12{ANSWER_CLOSE}"
+    try:
+        decoded = tokenizer.decode(tokenizer.encode(text))
+    except (ValueError, KeyError, TypeError) as e:
+        decoded = f"an error ({e})"
+    if decoded != text:
+        shown = repr(decoded) if len(decoded) <= 60 else repr(decoded[:60]) + "..."
+        raise ConfigError(
+            f"The tokenizer in {where} cannot write the response format: {text!r} came back "
+            f"from encode/decode as {shown}; use a checkpoint whose tokenizer round-trips "
+            f"{THINK_OPEN}, {THINK_CLOSE}, {ANSWER_OPEN} and {ANSWER_CLOSE} (a byte-level BPE "
+            "does), or add them as tokens and save it with save_pretrained."
+        )
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
@@ -233,8 +283,9 @@ def pretrain_batch(task, tokenizer: CharTokenizer, rng: random.Random, cfg: Conf
     for problem in problems:
         think = rng.random() < p.think_fraction
         slip = think and rng.random() < p.slip_fraction
-        prompt = tokenizer.encode(format_prompt(problem.prompt))
-        completion = tokenizer.encode(task.completion(problem, rng, think=think, slip=slip) + EOS)
+        prompt = tokenizer.encode(tokenizer.format_prompt(problem.prompt))
+        completion = tokenizer.encode(task.completion(problem, rng, think=think, slip=slip))
+        completion.append(tokenizer.eos_id)
         groups[think].append((prompt + completion, [0] * (len(prompt) - 1) + [1] * len(completion)))
     batches = []
     for rows in groups.values():
@@ -356,6 +407,27 @@ def sequence_logprobs(
     return token_logprobs(logits, batch["input_ids"][:, 1:], temperature), logits
 
 
+def informative_groups(episodes: list[Episode], group_size: int) -> list[Episode]:
+    """The groups whose rewards are not all equal (DAPO dynamic sampling keeps only these)."""
+    kept = []
+    for i in range(0, len(episodes), group_size):
+        group = episodes[i : i + group_size]
+        if len({ep.reward for ep in group}) > 1:
+            kept += group
+    return kept
+
+
+def episode_advantages(episodes: list[Episode], weights: dict[str, float], g) -> torch.Tensor:
+    """(N,) advantages of the episodes (group-major), by grpo.advantage and reward_combine."""
+    if g.reward_combine == "sum_then_normalize":
+        rewards = torch.tensor([ep.reward for ep in episodes])  # (N,) the weighted sums
+        return compute_advantages(rewards, g.group_size, g.advantage)
+    names = list(weights)
+    parts = torch.tensor([[ep.parts[name] for name in names] for ep in episodes])  # (N, R)
+    return combine_rewards(parts, torch.tensor([weights[name] for name in names]),
+                           g.group_size, g.advantage, mode=g.reward_combine)  # fmt: skip
+
+
 class ProblemStream:
     """The seeded, endless stream of GRPO training batches, addressable by batch index.
 
@@ -427,81 +499,123 @@ def grpo(
             t0 = time.perf_counter()
 
             # 1. Sample k completions per problem with the current policy; each is verified
-            #    in the scorer's workers as soon as the engine finishes it.
+            #    in the scorer's workers as soon as the engine finishes it. With dynamic
+            #    sampling, groups whose rewards are all equal (no signal) are dropped and more
+            #    problems are sampled until the batch is full.
             policy.eval()
-            episodes = rollout(
-                engine, tokenizer, scorer, problems.batch(batches_drawn),
-                num_samples=g.group_size, max_new_tokens=g.max_new_tokens,
-                temperature=g.temperature, top_p=g.top_p, top_k=g.top_k, generator=generator,
-                policy_version=step - 1,
-            )  # fmt: skip
-            batches_drawn += 1
+            target = g.num_prompts * g.group_size
+            sampled: list[Episode] = []
+            episodes: list[Episode] = []
+            rounds = 0
+            while rounds == 0 or (
+                g.dynamic_sampling and len(episodes) < target and rounds < g.max_sampling_rounds
+            ):
+                new = rollout(
+                    engine, tokenizer, scorer, problems.batch(batches_drawn),
+                    num_samples=g.group_size, max_new_tokens=g.max_new_tokens,
+                    temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
+                    generator=generator, policy_version=step - 1,
+                )  # fmt: skip
+                batches_drawn, rounds = batches_drawn + 1, rounds + 1
+                sampled += new
+                episodes += informative_groups(new, g.group_size) if g.dynamic_sampling else new
+            episodes = episodes[:target]
             t_sampled = time.perf_counter()
 
-            # 2. Group-relative advantages.
-            rewards = torch.tensor([ep.reward for ep in episodes])  # (N,)
-            advantages = group_advantages(rewards, g.group_size, scale_by_std=g.scale_rewards)
-
-            # 3. The learner's batch; reference logprobs once per batch.
-            batch = make_batch(episodes, tokenizer.pad_id)
-            batch["advantages"] = advantages
-            if reference is not None:
-                with torch.no_grad():
-                    batch["ref_logprobs"], _ = sequence_logprobs(reference, batch, g.temperature)
-
-            # 4. mu passes of clipped policy-gradient updates over the batch.
-            policy.train()
-            set_lr(optimizer, g.lr * min(1.0, step / max(1, g.warmup_steps)))
+            # 2. Group-relative advantages (of the weighted reward, or of each part).
             stats: dict[str, list[float]] = {}
-            num_groups = len(episodes) // g.group_size
             updates = skipped = 0
-            for _ in range(g.num_iterations):
-                order = torch.randperm(num_groups, generator=shuffle)
-                for group_ids in order.chunk(g.num_minibatches):
-                    rows = (
-                        group_ids[:, None] * g.group_size + torch.arange(g.group_size)
-                    ).flatten()
-                    mb = {k: v[rows] for k, v in batch.items()}
-                    logprobs, logits = sequence_logprobs(policy, mb, g.temperature)
-                    loss, loss_stats = clipped_policy_loss(
-                        logprobs, mb["old_logprobs"], mb["advantages"], mb["completion_mask"],
-                        epsilon_low=g.epsilon, epsilon_high=g.epsilon_high,
-                        ref_logprobs=mb.get("ref_logprobs"), beta=g.beta,
-                    )  # fmt: skip
-                    grad_norm = finite_update(loss, policy, optimizer, g.grad_clip)
-                    updates += 1
-                    if grad_norm is None:
-                        skipped += 1
-                        continue
-                    with torch.no_grad():
-                        entropy = entropy_from_logits(logits.detach())
+            if episodes:
+                advantages = episode_advantages(episodes, scorer.weights, g)
+
+                # 3. The learner's batch; reference logprobs once per batch.
+                batch = make_batch(episodes, tokenizer.pad_id)
+                batch["advantages"] = advantages
+                if g.mask_truncated:
+                    truncated = torch.tensor([ep.finish_reason == "length" for ep in episodes])
+                    batch["completion_mask"] = mask_truncated(batch["completion_mask"], truncated)
+                with torch.no_grad():
+                    if reference is not None:
+                        batch["ref_logprobs"], _ = sequence_logprobs(
+                            reference, batch, g.temperature
+                        )
+                    if g.is_level != "none":
+                        # The learner's own logprobs become the ratio's "old" ones; the weights
+                        # correct for the sampler having drawn from slightly different ones.
+                        learner_old, _ = sequence_logprobs(policy, batch, g.temperature)
+                        batch["is_weights"], is_stats = sampler_correction(
+                            learner_old, batch["old_logprobs"], batch["completion_mask"],
+                            level=g.is_level, mode=g.is_mode, cap=g.is_cap,
+                        )  # fmt: skip
+                        batch["old_logprobs"] = learner_old
+                        for key, value in is_stats.items():
+                            stats[key] = [float(value)]
+
+                # 4. mu passes of clipped policy-gradient updates over the batch.
+                policy.train()
+                set_lr(optimizer, g.lr * min(1.0, step / max(1, g.warmup_steps)))
+                num_groups = len(episodes) // g.group_size
+                for _ in range(g.num_iterations):
+                    order = torch.randperm(num_groups, generator=shuffle)
+                    for group_ids in order.chunk(g.num_minibatches):
+                        rows = (
+                            group_ids[:, None] * g.group_size + torch.arange(g.group_size)
+                        ).flatten()
+                        mb = {k: v[rows] for k, v in batch.items()}
+                        logprobs, logits = sequence_logprobs(policy, mb, g.temperature)
+                        # one optimizer step per minibatch: dapo's "whole batch" is this one
                         mask = mb["completion_mask"]
-                        loss_stats["entropy"] = (entropy * mask).sum() / mask.sum().clamp(min=1)
-                    loss_stats["grad_norm"] = grad_norm
-                    loss_stats["loss"] = loss.detach()
-                    for key, value in loss_stats.items():
-                        stats.setdefault(key, []).append(float(value))
-            bad_in_row = bad_in_row + 1 if skipped == updates else 0
+                        loss, loss_stats = policy_loss(
+                            logprobs, mb["old_logprobs"], mb["advantages"], mask,
+                            loss_type=g.loss_type, epsilon_low=g.epsilon,
+                            epsilon_high=g.epsilon_high, delta=g.delta or None,
+                            ref_logprobs=mb.get("ref_logprobs"), beta=g.beta,
+                            max_length=g.max_new_tokens, num_tokens=mask.sum(),
+                            is_weights=mb.get("is_weights"),
+                            entropy=entropy_from_logits(logits) if g.entropy_coef else None,
+                            entropy_coef=g.entropy_coef,
+                        )  # fmt: skip
+                        grad_norm = finite_update(loss, policy, optimizer, g.grad_clip)
+                        updates += 1
+                        if grad_norm is None:
+                            skipped += 1
+                            continue
+                        if "entropy" not in loss_stats:
+                            with torch.no_grad():
+                                entropy = entropy_from_logits(logits.detach())
+                                loss_stats["entropy"] = (entropy * mask).sum() / mask.sum().clamp(
+                                    min=1
+                                )
+                        loss_stats["grad_norm"] = grad_norm
+                        loss_stats["loss"] = loss.detach()
+                        for key, value in loss_stats.items():
+                            stats.setdefault(key, []).append(float(value))
+            bad_in_row = bad_in_row + 1 if skipped and skipped == updates else 0
+            if reference is not None and g.ref_update_every and step % g.ref_update_every == 0:
+                reference.load_state_dict(policy.state_dict())
             t_end = time.perf_counter()
             step_seconds.append(t_end - t0)
 
-            n = len(episodes)
-            num_tokens = sum(len(ep.completion_ids) for ep in episodes)
+            n = len(sampled)
+            num_tokens = sum(len(ep.completion_ids) for ep in sampled)
             parts: dict[str, float] = {}
-            for ep in episodes:
+            for ep in sampled:
                 for name, value in ep.parts.items():
                     parts[f"reward/{name}"] = parts.get(f"reward/{name}", 0.0) + value / n
             metrics = {
-                "reward": rewards.mean().item(),
-                "accuracy": sum(ep.parts.get("accuracy", 0.0) for ep in episodes) / n,
-                "format_rate": sum(ep.parts.get("format", 0.0) for ep in episodes) / n,
+                "reward": torch.tensor([ep.reward for ep in sampled]).mean().item(),
+                "accuracy": sum(ep.parts.get("accuracy", 0.0) for ep in sampled) / n,
+                "format_rate": sum(ep.parts.get("format", 0.0) for ep in sampled) / n,
                 **parts,
-                "think_rate": sum(ep.thought for ep in episodes) / n,
+                "think_rate": sum(ep.thought for ep in sampled) / n,
                 "response_length": num_tokens / n,
-                "truncated_rate": sum(ep.finish_reason == "length" for ep in episodes) / n,
-                "verifier_failures": sum(ep.verdict.status in ("timeout", "error") for ep in episodes),
-                "bad_rewards": sum(ep.bad_rewards for ep in episodes),
+                "sampled_tokens": num_tokens,
+                "truncated_rate": sum(ep.finish_reason == "length" for ep in sampled) / n,
+                "verifier_failures": sum(ep.verdict.status in ("timeout", "error") for ep in sampled),
+                "bad_rewards": sum(ep.bad_rewards for ep in sampled),
                 "skipped_updates": skipped,
+                "sampling_rounds": rounds,
+                "dropped_groups": (len(sampled) - len(episodes)) // g.group_size,
                 **{key: sum(v) / len(v) for key, v in stats.items()},
                 "policy_version": step,
                 "step_seconds": t_end - t0,
@@ -546,6 +660,11 @@ def run(cfg: Config, resume: bool = False) -> tuple[Path, dict]:
     """
     t_start = time.perf_counter()
     seed_everything(cfg.seed, cfg.threads)
+    loaded = None  # --model: loaded and checked before the run folder exists
+    if cfg.model_path and not resume:
+        loaded = load_model(cfg.model_path)
+        if isinstance(loaded[0], Transformer):  # config.toml records the architecture
+            cfg.model = copy.deepcopy(loaded[0].config)
     run_dir = make_run_dir(cfg, resume)
     cfg.run_dir = str(run_dir)
     task = make_task(cfg)
@@ -569,22 +688,34 @@ def run(cfg: Config, resume: bool = False) -> tuple[Path, dict]:
         open_pool(cfg.reward, preload=(type(task).__module__,)) as pool,
         stop_on_signals() as should_stop,
     ):
-        scorer = Scorer(task, cfg.reward, cfg.grpo.max_new_tokens, pool)
+        scorer = Scorer(task, cfg.reward, cfg.grpo.max_new_tokens, pool,
+                        system_prompt=system_prompt(cfg))  # fmt: skip
         if state:
             policy, tokenizer, _, _ = load_checkpoint(start)
         elif cfg.init_from:
             policy, tokenizer, _, _ = load_checkpoint(cfg.init_from)
             console.print(f"loaded {cfg.init_from}")
+        elif cfg.model_path:
+            policy, tokenizer = loaded or load_model(cfg.model_path)
+            console.print(
+                f"loaded {cfg.model_path}: {policy.num_parameters() / 1e6:.2f}M parameters"
+            )
         else:
             tokenizer = CharTokenizer()
             cfg.model.vocab_size = tokenizer.vocab_size
             policy = Transformer(cfg.model)
             console.print(f"model: {policy.num_parameters() / 1e6:.2f}M parameters")
+        if scorer.system_prompt and isinstance(tokenizer, CharTokenizer):
+            raise ConfigError(
+                "system_prompt is set but the model uses rlvr's character tokenizer, whose "
+                'prompt format has none; set system_prompt = "" or train a Hugging Face model.'
+            )
         checkpointer = Checkpointer(run_dir, cfg, tokenizer)
         summary["num_parameters"] = policy.num_parameters()
 
         in_grpo = state is not None and state["phase"] == "grpo"
-        if not cfg.init_from and cfg.pretrain.steps > 0 and not in_grpo:
+        loaded_model = cfg.init_from or cfg.model_path
+        if not loaded_model and cfg.pretrain.steps > 0 and not in_grpo:
             t0 = time.perf_counter()
             pretrain(policy, tokenizer, task, cfg, logger, checkpointer, should_stop,
                      resume=state)  # fmt: skip

@@ -16,7 +16,6 @@ from rlvr.algorithms import (
     kl_k3,
     mask_truncated,
     masked_mean,
-    overlong_penalty,
     policy_loss,
     sampler_correction,
     token_logprobs,
@@ -475,22 +474,7 @@ def test_combine_rewards_rejects_bad_input():
         combine_rewards(torch.zeros(4, 2), torch.ones(2), 2, "grpo", "average")
 
 
-# ---------------------------------------------------------------- overlong / truncation
-
-
-def test_overlong_penalty_hand_computed():
-    # L_max 16, L_cache 4: free up to 12, then (12 - L) / 4, -1 from 16 on.
-    lengths = torch.tensor([0, 12, 13, 14, 15, 16, 17, 100])
-    expected = torch.tensor([0.0, 0.0, -0.25, -0.5, -0.75, -1.0, -1.0, -1.0])
-    assert torch.equal(overlong_penalty(lengths, 16, 4), expected)
-    # the whole range is the ramp when buffer == max_length
-    assert torch.equal(overlong_penalty(torch.tensor([0, 2, 4]), 4, 4), torch.tensor([0, -0.5, -1]))
-
-
-def test_overlong_penalty_rejects_bad_buffer():
-    for buffer in (0, 17):
-        with pytest.raises(ValueError, match="buffer"):
-            overlong_penalty(torch.tensor([1]), 16, buffer)
+# ---------------------------------------------------------------- truncation
 
 
 def test_mask_truncated_zeroes_truncated_rows_and_keeps_dtype():

@@ -23,12 +23,12 @@ def test_demo_recipe_loads_and_round_trips(tmp_path):
 
 def test_overrides_are_typed(tmp_path):
     cfg = load_config(
-        None, ["--grpo.beta", "0.02", "--seed=3", "--grpo.scale_rewards", "false", "--name", "x"]
+        None, ["--grpo.beta", "0.02", "--seed=3", "--grpo.advantage", "dr_grpo", "--name", "x"]
     )
     assert (
         cfg.grpo.beta == 0.02
         and cfg.seed == 3
-        and cfg.grpo.scale_rewards is False
+        and cfg.grpo.advantage == "dr_grpo"
         and cfg.name == "x"
     )
     assert load_config(None, ["--grpo.beta", "1"]).grpo.beta == 1.0  # ints widen to float
