@@ -42,7 +42,9 @@ def _help_keys() -> str:
     return "\n".join(lines)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(resume: bool = False) -> argparse.ArgumentParser:
+    """The argument parser; with resume=True `train` takes no CONFIG (so that the value of an
+    override like `--grpo.steps 100` is not taken for one)."""
     parser = argparse.ArgumentParser(prog="rlvr", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--debug", action="store_true", help="show tracebacks for config errors")
@@ -55,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="run a recipe: pretrain or load, evaluate, GRPO, evaluate",
                            epilog=_help_keys(), formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    train.add_argument("config", nargs="?", help="a TOML recipe, e.g. recipes/demo.toml")
+    if not resume:
+        train.add_argument("config", nargs="?", help="a TOML recipe, e.g. recipes/demo.toml")
     train.add_argument("--out", help="run folder (default: runs/<name>-<time>)")
     train.add_argument("--model", metavar="PATH",
                        help="a local Hugging Face checkpoint folder to train (config key model_path)")  # fmt: skip
@@ -83,7 +86,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, overrides = _parser().parse_known_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    resume = any(a == "--resume" or a.startswith("--resume=") for a in argv)
+    args, overrides = _parser(resume).parse_known_args(argv)
     try:
         if args.command in ("demo", "train") and args.resume:
             if getattr(args, "config", None) or args.out or getattr(args, "model", None):

@@ -32,7 +32,7 @@ from typing import Any
 
 from rlvr.tasks import Problem
 from rlvr.verifiers import Verdict
-from rlvr.verifiers.pool import VerifierPool, as_verdict
+from rlvr.verifiers.pool import NON_FINITE, VerifierPool, as_verdict
 
 
 def overlong_penalty(length: int, max_length: int, buffer: int) -> float:
@@ -159,8 +159,9 @@ class Scorer:
         if c.overlong_buffer > 0:
             parts["overlong"] = overlong_penalty(num_tokens, self.max_new_tokens, c.overlong_buffer)
         for name in c.functions:
-            value = as_verdict(pending[name].result()).reward
-            if not _finite(value):
+            result = as_verdict(pending[name].result())
+            value = result.reward
+            if not _finite(value) or result.reason == NON_FINITE:
                 bad, value = bad + 1, 0.0
             parts[name] = float(value)
         reward = sum(self.weights[name] * value for name, value in parts.items())

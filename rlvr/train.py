@@ -2,9 +2,10 @@
 
     rlvr train recipes/demo.toml --grpo.beta 0.02
     rlvr train --resume runs/demo-20261125-101500        # continue a stopped or killed run
+    rlvr train recipes/smoke.toml --model path/to/hf_checkpoint --system_prompt r1
 
-`run(cfg)` is the whole job: pretrain -> evaluate -> GRPO -> evaluate, writing a run folder
-(config.toml, metrics.jsonl, tensorboard/, plots/, samples/, pretrained/, checkpoints/,
+`run(cfg)` is the whole job: pretrain (or load) -> evaluate -> GRPO -> evaluate, writing a run
+folder (config.toml, metrics.jsonl, tensorboard/, plots/, samples/, pretrained/, checkpoints/,
 checkpoint/, summary.json).
 
 GRPO here follows DeepSeekMath (Shao et al. 2024); every choice is a config key, and the

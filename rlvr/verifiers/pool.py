@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import os
 import pickle
 import resource
@@ -52,6 +53,9 @@ _IN_WORKER = False  # set to True in worker processes only
 _HEADER = struct.Struct("!Q")  # length prefix of each pickled message, bytes
 
 
+NON_FINITE = "verifier returned a non-finite value"  # the reason of such a Verdict
+
+
 def in_worker() -> bool:
     """True inside a VerifierPool worker process (where sympy on model text is allowed)."""
     return _IN_WORKER
@@ -65,8 +69,8 @@ def as_verdict(value: Any) -> Verdict:
         return Verdict(0.0, "error", {}, "verifier returned None (could not grade)")
     if isinstance(value, bool | int | float):
         reward = float(value)
-        if reward != reward:  # NaN: never let it reach the advantages
-            return Verdict(0.0, "error", {}, "verifier returned NaN")
+        if not math.isfinite(reward):  # NaN or inf: never let it reach the advantages
+            return Verdict(0.0, "error", {}, NON_FINITE)
         status = "correct" if reward >= 1.0 else "wrong"
         return Verdict(reward, status, {"accuracy": reward}, "")
     return Verdict(0.0, "error", {}, f"verifier returned {type(value).__name__}, not a float")
