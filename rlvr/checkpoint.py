@@ -122,7 +122,15 @@ def load_checkpoint(path: str | Path) -> tuple[Transformer, CharTokenizer, Confi
     path = find_checkpoint(path)
     config = load_config(path / "rlvr_config.toml")
     if (path / CHAR_TOKENIZER).is_file():
-        tokenizer = CharTokenizer.load(path)
+        try:
+            tokenizer = CharTokenizer.load(path)
+        except (ValueError, OSError, KeyError) as e:
+            raise ConfigError(f"Checkpoint {path}: {e}".rstrip(".") + ".") from e
+        if tokenizer.vocab_size != config.model.vocab_size:
+            raise ConfigError(
+                f"Checkpoint {path}: its tokenizer has {tokenizer.vocab_size} tokens but the "
+                f"model {config.model.vocab_size}; the folder is damaged - use another checkpoint."
+            )
         model = Transformer(config.model)
         weights = load_file(str(path / WEIGHTS))
         if config.model.tie_word_embeddings:

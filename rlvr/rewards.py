@@ -84,6 +84,8 @@ class Scored:
     reward: float = 0.0
     bad: int = 0
     """How many parts were not finite numbers and were scored 0."""
+    failed: int = 0
+    """How many verifications (the task's, user functions') timed out or failed: scored 0."""
 
 
 class _Done:
@@ -158,14 +160,17 @@ class Scorer:
         parts = {"accuracy": float(accuracy), "format": float(fmt)}
         if c.overlong_buffer > 0:
             parts["overlong"] = overlong_penalty(num_tokens, self.max_new_tokens, c.overlong_buffer)
+        failed = int(verdict.status in ("timeout", "error"))
         for name in c.functions:
             result = as_verdict(pending[name].result())
             value = result.reward
             if not _finite(value) or result.reason == NON_FINITE:
                 bad, value = bad + 1, 0.0
+            elif result.status in ("timeout", "error"):
+                failed += 1
             parts[name] = float(value)
         reward = sum(self.weights[name] * value for name, value in parts.items())
-        return Scored(verdict=verdict, parts=parts, reward=reward, bad=bad)
+        return Scored(verdict=verdict, parts=parts, reward=reward, bad=bad, failed=failed)
 
 
 def open_pool(reward_cfg, preload: tuple[str, ...] = ()) -> AbstractContextManager:

@@ -46,6 +46,8 @@ class Episode:
     """The named reward parts (accuracy, format, overlong, user functions), unweighted."""
     bad_rewards: int = 0
     """Reward parts that were NaN or infinite and were scored 0."""
+    verifier_failures: int = 0
+    """Verifications (task or reward function) that timed out or crashed, scored 0."""
 
     @property
     def thought(self) -> bool:
@@ -138,6 +140,7 @@ def rollout(
                 reward=scored.reward,
                 parts=scored.parts,
                 bad_rewards=scored.bad,
+                verifier_failures=scored.failed,
             )
         )
     return episodes

@@ -181,7 +181,13 @@ class CharTokenizer:
                 f"{path} has special tokens {data.get('special_tokens')}, this version of "
                 f"rlvr expects {list(SPECIAL_TOKENS)}."
             )
-        return cls(chars=data["tokens"][len(SPECIAL_TOKENS) :])
+        tokens = data.get("tokens")
+        if not isinstance(tokens, list) or tokens[: len(SPECIAL_TOKENS)] != list(SPECIAL_TOKENS):
+            raise ValueError(
+                f"{path} must list the special tokens {list(SPECIAL_TOKENS)} first in 'tokens'; "
+                "it was not written by this version of rlvr."
+            )
+        return cls(chars=tokens[len(SPECIAL_TOKENS) :])
 
     def __repr__(self) -> str:
         return f"CharTokenizer(vocab_size={self.vocab_size})"

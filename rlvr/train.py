@@ -236,6 +236,18 @@ class Checkpointer:
         prune_checkpoints(self.run_dir, self.cfg.checkpoint.keep)
         return path
 
+    def save_final(self, name: str, model: Transformer, state: dict) -> Path:
+        """Write run_dir/<name> (pretrained/, checkpoint/): a policy to use, not to resume."""
+        path = self.run_dir / name
+        try:
+            return save_checkpoint(path, model, self.tokenizer, self.cfg, state)
+        except OSError as e:
+            kept = f"{self.last} is intact" if self.last else "no resumable checkpoint exists"
+            raise TrainingError(
+                f"Could not write {path} ({e.strerror or e}); {kept}: free space and resume "
+                f"with `rlvr train --resume {self.run_dir}`."
+            ) from e
+
 
 def finite_update(
     loss: torch.Tensor, model: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float
@@ -263,7 +275,7 @@ def too_many_bad_steps(cfg: Config, phase: str, step: int, bad_in_row: int, last
         raise TrainingError(
             f"{phase} step {step}: the loss or gradient was NaN or infinite for {bad_in_row} "
             f"steps in a row, so the run stopped ({where}); lower the learning rate or check "
-            "the reward functions, then resume with `rlvr train --resume {cfg.run_dir or 'RUN_DIR'}`."
+            f"the reward functions, then resume with `rlvr train --resume {cfg.run_dir or 'RUN_DIR'}`."
         )
 
 
@@ -612,7 +624,7 @@ def grpo(
                 "response_length": num_tokens / n,
                 "sampled_tokens": num_tokens,
                 "truncated_rate": sum(ep.finish_reason == "length" for ep in sampled) / n,
-                "verifier_failures": sum(ep.verdict.status in ("timeout", "error") for ep in sampled),
+                "verifier_failures": sum(ep.verifier_failures for ep in sampled),
                 "bad_rewards": sum(ep.bad_rewards for ep in sampled),
                 "skipped_updates": skipped,
                 "sampling_rounds": rounds,
@@ -661,8 +673,10 @@ def run(cfg: Config, resume: bool = False) -> tuple[Path, dict]:
     """
     t_start = time.perf_counter()
     seed_everything(cfg.seed, cfg.threads)
-    loaded = None  # --model: loaded and checked before the run folder exists
-    if cfg.model_path and not resume:
+    loaded = None  # --model / init_from: loaded and checked before the run folder exists
+    if cfg.init_from and not resume:
+        loaded = load_checkpoint(cfg.init_from)[:2]
+    elif cfg.model_path and not resume:
         loaded = load_model(cfg.model_path)
         if isinstance(loaded[0], Transformer):  # config.toml records the architecture
             cfg.model = copy.deepcopy(loaded[0].config)
@@ -694,7 +708,7 @@ def run(cfg: Config, resume: bool = False) -> tuple[Path, dict]:
         if state:
             policy, tokenizer, _, _ = load_checkpoint(start)
         elif cfg.init_from:
-            policy, tokenizer, _, _ = load_checkpoint(cfg.init_from)
+            policy, tokenizer = loaded or load_checkpoint(cfg.init_from)[:2]
             console.print(f"loaded {cfg.init_from}")
         elif cfg.model_path:
             policy, tokenizer = loaded or load_model(cfg.model_path)
@@ -721,7 +735,7 @@ def run(cfg: Config, resume: bool = False) -> tuple[Path, dict]:
             pretrain(policy, tokenizer, task, cfg, logger, checkpointer, should_stop,
                      resume=state)  # fmt: skip
             summary["pretrain_seconds"] = time.perf_counter() - t0
-            save_checkpoint(run_dir / "pretrained", policy, tokenizer, cfg, {"phase": "pretrain"})
+            checkpointer.save_final("pretrained", policy, {"phase": "pretrain"})
 
         if in_grpo:
             before = state["before"]
@@ -745,8 +759,8 @@ def run(cfg: Config, resume: bool = False) -> tuple[Path, dict]:
                                       seed=cfg.seed)  # fmt: skip
             logger.log("eval", cfg.grpo.steps, after)
             write_samples(run_dir, "after-grpo", samples)
-        save_checkpoint(run_dir / "checkpoint", policy, tokenizer, cfg,
-                        {"phase": "grpo", "step": cfg.grpo.steps, "policy_version": cfg.grpo.steps})  # fmt: skip
+        checkpointer.save_final("checkpoint", policy, {"phase": "grpo", "step": cfg.grpo.steps,
+                                                       "policy_version": cfg.grpo.steps})  # fmt: skip
 
     plot_metrics(run_dir)
     for key, value in before.items():
