@@ -9,7 +9,8 @@ process (parse the gold, parse the completion, verify), which is how it is usual
 Verdicts must be identical wherever both are sure (ours says correct or wrong).
 
 Agreement: tests/data/math_agreement.jsonl holds the gold/prediction/expected triples of
-Math-Verify's tests/test_all.py and lighteval's tests/metrics/test_extractive_match.py; we
+Math-Verify's tests/test_all.py and tests/test_yujianll.py and lighteval's
+tests/metrics/test_extractive_match.py; we
 report how often each grader gives the expected verdict.
 
 Prints one JSON line. Run it alone: the numbers are CPU time on a shared 2-core machine.
