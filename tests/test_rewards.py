@@ -74,3 +74,29 @@ def test_bad_function_names_are_config_errors():
                         ("tests.reward_functions:missing", "has no function")]:  # fmt: skip
         with pytest.raises(ConfigError, match=match):
             load_function(name)
+
+
+def test_the_engine_hands_over_each_completion_as_it_finishes():
+    # The rollout submits a completion to the verifier pool from on_complete: it must see
+    # every completion exactly once, stopped ones before the others run to max_new_tokens,
+    # and the completions must be the same as without the callback.
+    import torch
+
+    from rlvr.engine import Engine
+    from rlvr.model import ModelConfig, Transformer
+
+    torch.manual_seed(0)
+    engine = Engine(Transformer(ModelConfig()).eval(), pad_id=0)
+    prompts = [[1, 5, 6, 7], [1, 8, 9]]
+    kwargs = dict(num_samples=4, max_new_tokens=20, stop_token_ids=[2, 10, 11, 12])
+    plain = engine.generate(prompts, generator=torch.Generator().manual_seed(1), **kwargs)
+    seen = []
+    streamed = engine.generate(prompts, generator=torch.Generator().manual_seed(1),
+                               on_complete=seen.append, **kwargs)  # fmt: skip
+    assert streamed == plain
+    assert sorted((c.prompt_index, c.sample_index) for c in seen) == [
+        (c.prompt_index, c.sample_index) for c in plain
+    ]
+    reasons = [c.finish_reason for c in seen]
+    assert "stop" in reasons and "length" in reasons
+    assert reasons == sorted(reasons, key=lambda r: r != "stop")  # stops first
