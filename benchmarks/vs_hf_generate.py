@@ -5,15 +5,22 @@
 For each size, a random Qwen2 model is built in code with transformers, saved, and loaded
 into rlvr with `load_hf_model`; both sides then sample 8 prompts x 8 samples x 128 new
 tokens (forced: no stop token on either side), temperature 1.0, top-p 1.0, no top-k, fp32,
-the same thread count. One warm-up run each, then the median of `--runs` alternating runs.
-Prints one line per size to stderr and one JSON line last on stdout; `ratio` is our new
-tokens/s over theirs (above 1: rlvr is faster). Run it alone: 2-thread torch slows down
-when another process holds a core. Needs transformers.
+the same thread count, the same torch settings (one process). One warm-up run each, then
+the median of `--runs` alternating runs. Prints one line per size to stderr and one JSON
+line last on stdout; `ratio` is our new tokens/s over theirs (above 1: rlvr is faster),
+with rlvr's default fp32 path (the one that gives the same tokens for the same seed).
+
+Extra columns, opt-in variants of rlvr measured in the same alternation (`--extras`, on by
+default; they change float rounding, so they are not the headline): `fused`
+(Engine(fused=True): q/k/v and gate/up as one matrix product each) and `bf16` (the model
+in bfloat16). Run it alone: 2-thread torch slows down when another process holds a core.
+Needs transformers.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -65,9 +72,12 @@ def measure(size: str, args: argparse.Namespace) -> dict:
     input_ids = torch.tensor([[0] * (args.prompt_len - len(p)) + p for p in prompts])
     lengths = torch.tensor([len(p) for p in prompts])[:, None]
     attention_mask = (torch.arange(args.prompt_len) >= args.prompt_len - lengths).long()
-    engine = Engine(ours, pad_id=0)
+    engines = {"ours": Engine(ours, pad_id=0)}
+    if args.extras:
+        engines["fused"] = Engine(ours, pad_id=0, fused=True)
+        engines["bf16"] = Engine(copy.deepcopy(ours).to(torch.bfloat16), pad_id=0)
 
-    def run_ours(seed: int) -> float:
+    def run_ours(seed: int, engine: Engine) -> float:
         generator = torch.Generator().manual_seed(seed)
         start = time.perf_counter()
         completions = engine.generate(
@@ -103,24 +113,33 @@ def measure(size: str, args: argparse.Namespace) -> dict:
         assert out[:, args.prompt_len :].numel() == new_tokens
         return seconds
 
-    run_ours(0), run_theirs(0)  # warm-up
-    ours_s, theirs_s = [], []
-    for seed in range(1, args.runs + 1):  # alternate, so drift in machine load hits both
-        ours_s.append(run_ours(seed))
-        theirs_s.append(run_theirs(seed))
-    ours_tps = new_tokens / statistics.median(ours_s)
-    theirs_tps = new_tokens / statistics.median(theirs_s)
+    for engine in engines.values():  # warm-up
+        run_ours(0, engine)
+    run_theirs(0)
+    seconds: dict[str, list[float]] = {name: [] for name in [*engines, "theirs"]}
+    for seed in range(1, args.runs + 1):  # alternate, so drift in machine load hits all
+        for name, engine in engines.items():
+            seconds[name].append(run_ours(seed, engine))
+        seconds["theirs"].append(run_theirs(seed))
+    tps = {name: new_tokens / statistics.median(s) for name, s in seconds.items()}
+    extras = "".join(f"  {n} {tps[n]:,.0f} tok/s" for n in engines if n != "ours")
     print(
-        f"{size}: {ours.num_parameters():,} params  rlvr {ours_tps:,.0f} tok/s  "
-        f"transformers {theirs_tps:,.0f} tok/s  ratio {ours_tps / theirs_tps:.2f}",
+        f"{size}: {ours.num_parameters():,} params  rlvr {tps['ours']:,.0f} tok/s  "
+        f"transformers {tps['theirs']:,.0f} tok/s  ratio {tps['ours'] / tps['theirs']:.2f}"
+        f"{extras}",
         file=sys.stderr,
     )
-    return {
+    result = {
         "num_parameters": ours.num_parameters(),
-        "ours_new_tokens_per_s": round(ours_tps),
-        "transformers_new_tokens_per_s": round(theirs_tps),
-        "ratio": round(ours_tps / theirs_tps, 2),
+        "ours_new_tokens_per_s": round(tps["ours"]),
+        "transformers_new_tokens_per_s": round(tps["theirs"]),
+        "ratio": round(tps["ours"] / tps["theirs"], 2),
     }
+    for name in engines:
+        if name != "ours":
+            result[f"ours_{name}_new_tokens_per_s"] = round(tps[name])
+            result[f"ratio_{name}"] = round(tps[name] / tps["theirs"], 2)
+    return result
 
 
 def main() -> None:
@@ -132,6 +151,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--sizes", default="1m,6m", help=f"comma-separated of {list(SIZES)}")
+    parser.add_argument(
+        "--extras",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure the opt-in variants (fused projections, bf16)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()
@@ -151,6 +176,8 @@ def main() -> None:
                 "dtype": "float32",
                 "threads": torch.get_num_threads(),
                 "runs": args.runs,
+                "warmup_runs": 1,
+                "forced_length": "ours: no stop ids; transformers: min_new_tokens=max_new_tokens",
                 "statistic": "median",
                 "transformers_version": transformers.__version__,
                 "torch_version": torch.__version__,

@@ -43,9 +43,13 @@ class Completion:
 class Engine:
     """Samples completions from a `Transformer`; prompts and outputs are token id lists."""
 
-    def __init__(self, model: Transformer, pad_id: int):
+    def __init__(self, model: Transformer, pad_id: int, *, fused: bool = False):
+        """fused=True (opt-in) runs each layer's q/k/v and gate/up projections as one matrix
+        product each: faster, but the float rounding may differ from the default path, so
+        the same seed need not give the same tokens."""
         self.model = model
         self.pad_id = pad_id
+        self.fused = fused
 
     @torch.inference_mode()
     def generate(
@@ -95,6 +99,8 @@ class Engine:
             attention_mask[i, prompt_len - len(p) :] = 1
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         cache = model.new_cache(num_prompts, prompt_len + max_new_tokens)
+        if self.fused and hasattr(model, "fused_weights"):
+            cache.fused = model.fused_weights()  # copied each call: the weights may change
         logits = model(input_ids, attention_mask, cache=cache)[:, -1]  # (P, V)
 
         # Copy each prompt's cache into num_samples rows; all N rows decode from here.
@@ -114,38 +120,51 @@ class Engine:
         stopped = torch.zeros(num_rows, dtype=torch.bool, device=device)  # ended by a stop
 
         rows = torch.arange(num_rows, device=device)  # original row of each active row
+        all_rows = True  # no row dropped yet: `rows` is every row, in order
         done = torch.zeros(num_rows, dtype=torch.bool, device=device)  # per active row
+        one_stop_id = int(stop_ids[0]) if len(stop_ids) == 1 else None
         finished: dict[int, Completion] = {}  # row -> its completion (with on_complete only)
         for step in range(max_new_tokens):
             token, logprob = sample(logits, temperature, top_k, top_p, generator)  # (n,), (n,)
-            tokens[rows, step] = token
-            logprobs[rows, step] = logprob
+            if all_rows:  # a plain column write is cheaper than scattering into `rows`
+                tokens[:, step] = token
+                logprobs[:, step] = logprob
+            else:
+                tokens[rows, step] = token
+                logprobs[rows, step] = logprob
 
-            hit = torch.isin(token, stop_ids) if len(stop_ids) else torch.zeros_like(done)
-            for seq in stop_seqs:
-                if step + 1 >= len(seq):
-                    recent = tokens[rows, step + 1 - len(seq) : step + 1]  # (n, len(seq))
-                    hit |= (recent == seq).all(-1)
-            hit &= ~done
-            if hit.any():
-                lengths[rows[hit]] = step + 1
-                stopped[rows[hit]] = True
-                done |= hit
-                if on_complete is not None:
-                    for row in rows[hit].tolist():
-                        finished[row] = self._completion(
-                            row, num_samples, tokens, logprobs, step + 1, "stop"
-                        )
-                        on_complete(finished[row])
-                if bool(done.all()):
-                    break
-                # Drop finished rows once they are a quarter of the batch: select_rows copies
-                # the whole cache, so compacting on every single finish would not pay.
-                if int(done.sum()) * 4 >= len(done):
-                    keep = (~done).nonzero().squeeze(1)
-                    rows, done, token = rows[keep], done[keep], token[keep]
-                    position = position[keep]
-                    cache.select_rows(keep)
+            if len(stop_ids) or stop_seqs:  # else every row runs to max_new_tokens
+                if one_stop_id is not None:
+                    hit = token == one_stop_id
+                elif len(stop_ids):
+                    hit = torch.isin(token, stop_ids)
+                else:
+                    hit = torch.zeros_like(done)
+                for seq in stop_seqs:
+                    if step + 1 >= len(seq):
+                        recent = tokens[rows, step + 1 - len(seq) : step + 1]  # (n, len(seq))
+                        hit |= (recent == seq).all(-1)
+                hit &= ~done
+                if hit.any():
+                    lengths[rows[hit]] = step + 1
+                    stopped[rows[hit]] = True
+                    done |= hit
+                    if on_complete is not None:
+                        for row in rows[hit].tolist():
+                            finished[row] = self._completion(
+                                row, num_samples, tokens, logprobs, step + 1, "stop"
+                            )
+                            on_complete(finished[row])
+                    if bool(done.all()):
+                        break
+                    # Drop finished rows once they are a quarter of the batch: select_rows
+                    # copies the whole cache, so compacting on every finish would not pay.
+                    if int(done.sum()) * 4 >= len(done):
+                        keep = (~done).nonzero().squeeze(1)
+                        rows, done, token = rows[keep], done[keep], token[keep]
+                        all_rows = False
+                        position = position[keep]
+                        cache.select_rows(keep)
             if step + 1 == max_new_tokens:
                 break
             logits = model(token[:, None], position_ids=position, cache=cache)[:, -1]
@@ -195,7 +214,8 @@ def sample(
         token = logits.argmax(-1)
         logprob = F.log_softmax(logits, -1).gather(-1, token[:, None]).squeeze(-1)
         return token, logprob
-    logp = F.log_softmax(logits / temperature, -1)  # (n, V)
+    # (x / 1.0 == x exactly: skip the copy at temperature 1.)
+    logp = F.log_softmax(logits / temperature if temperature != 1.0 else logits, -1)  # (n, V)
     truncated = logp
     if 0 < top_k < logp.shape[-1]:
         kth = logp.topk(top_k, dim=-1).values[:, -1:]  # (n, 1)

@@ -137,6 +137,13 @@ class KVCache:
         self.v = v  # per layer: (B, num_key_value_heads, max_len, head_dim)
         self.mask = mask  # (B, max_len) bool: the slot holds a real token
         self.length = 0  # slots filled so far
+        # The same mask as an additive attention bias (0 real, -inf padding), kept up to date
+        # from the first one-token step on, so decoding does not rebuild it every step.
+        self.bias: torch.Tensor | None = None
+        # Opt-in (Engine(fused=True)): per layer, (q|k|v weight, q|k|v bias or None, gate|up
+        # weight) concatenated, so each layer runs 2 projections fewer. Same math, but the
+        # float rounding may differ from the separate projections.
+        self.fused: list[tuple] | None = None
 
     @classmethod
     def create(
@@ -170,10 +177,11 @@ class KVCache:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write (B, num_kv_heads, T, head_dim) keys/values after the filled slots; return all
         keys/values up to and including them. `Transformer.forward` advances `length`."""
-        end = self.length + k.shape[2]
-        self.k[layer][:, :, self.length : end] = k
-        self.v[layer][:, :, self.length : end] = v
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+        start, end = self.length, self.length + k.shape[2]
+        keys, values = self.k[layer], self.v[layer]
+        keys.narrow(2, start, end - start).copy_(k)
+        values.narrow(2, start, end - start).copy_(v)
+        return keys.narrow(2, 0, end), values.narrow(2, 0, end)
 
     def repeat_interleave(self, n: int) -> None:
         """Expand each row into `n` consecutive rows (in place): prefill a prompt once, then
@@ -188,6 +196,20 @@ class KVCache:
         self.k = [fn(t) for t in self.k]
         self.v = [fn(t) for t in self.v]
         self.mask = fn(self.mask)
+        if self.bias is not None:
+            self.bias = fn(self.bias)
+
+    def decode_bias(self, dtype: torch.dtype) -> torch.Tensor:
+        """Mark slot `length` real and return the additive bias of slots [0, length]:
+        (B, 1, 1, length + 1), what one new token per row may attend to."""
+        start = self.length
+        self.mask[:, start] = True
+        if self.bias is None or self.bias.dtype != dtype:
+            self.bias = torch.zeros(self.mask.shape, dtype=dtype, device=self.mask.device)
+            self.bias.masked_fill_(~self.mask, float("-inf"))
+        else:
+            self.bias[:, start] = 0.0
+        return self.bias[:, None, None, : start + 1]
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -224,9 +246,15 @@ class Attention(nn.Module):
         layer: int,
     ) -> torch.Tensor:
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim)
-        k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        fused = cache.fused[layer] if cache is not None and cache.fused is not None else None
+        if fused is None:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        else:
+            q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+            q, k, v = F.linear(x, fused[0], fused[1]).split((q_size, kv_size, kv_size), -1)
+        q = q.view(B, T, self.num_heads, self.head_dim)
+        k = k.view(B, T, self.num_kv_heads, self.head_dim)
+        v = v.view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, heads, T, head_dim)
@@ -254,7 +282,10 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, gate_up: torch.Tensor | None = None) -> torch.Tensor:
+        if gate_up is not None:  # gate and up weights concatenated (KVCache.fused)
+            gate, up = F.linear(x, gate_up).chunk(2, dim=-1)
+            return self.down_proj(F.silu(gate) * up)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -268,6 +299,8 @@ class Block(nn.Module):
 
     def forward(self, x, cos, sin, attn_mask, cache, layer):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, attn_mask, cache, layer)
+        if cache is not None and cache.fused is not None:
+            return x + self.mlp(self.post_attention_layernorm(x), cache.fused[layer][2])
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -312,6 +345,22 @@ class Transformer(nn.Module):
         """Number of distinct parameters (a tied embedding counts once)."""
         return sum(p.numel() for p in self.parameters())
 
+    def fused_weights(self) -> list[tuple] | None:
+        """Per layer (q|k|v weight, q|k|v bias or None, gate|up weight), concatenated copies
+        for `KVCache.fused`; None when a projection is not a plain nn.Linear (LoRA)."""
+        fused = []
+        for block in self.model.layers:
+            a, m = block.self_attn, block.mlp
+            linears = (a.q_proj, a.k_proj, a.v_proj, m.gate_proj, m.up_proj)
+            if any(type(p) is not nn.Linear for p in linears):
+                return None
+            qkv = torch.cat((a.q_proj.weight, a.k_proj.weight, a.v_proj.weight))
+            bias = None
+            if a.q_proj.bias is not None:
+                bias = torch.cat((a.q_proj.bias, a.k_proj.bias, a.v_proj.bias))
+            fused.append((qkv, bias, torch.cat((m.gate_proj.weight, m.up_proj.weight))))
+        return fused
+
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
         """An empty KV cache for this model (what `Engine` asks every model for)."""
         return KVCache.create(self, batch_size, max_len)
@@ -348,6 +397,15 @@ class Transformer(nn.Module):
                 "attention, so keep prompt + completion within the window."
             )
 
+        decoding = T == 1 and attention_mask is None and position_ids is not None
+        if decoding and isinstance(cache, KVCache):
+            # One new token per row: it may see every real slot so far, itself included, so
+            # the causal mask reduces to the cache's padding bias.
+            bias = cache.decode_bias(self.model.embed_tokens.weight.dtype)
+            return self._forward_layers(input_ids, position_ids, bias, cache, end)
+        if isinstance(cache, KVCache):
+            cache.bias = None  # this call may write padding: rebuild the bias when next needed
+
         # Which key slots hold real tokens: (B, S) with S = end, or None if all of them do.
         if cache is not None:
             new = attention_mask.bool() if attention_mask is not None else True
@@ -362,7 +420,7 @@ class Transformer(nn.Module):
             else:
                 position_ids = (key_valid.long().cumsum(-1)[:, start:] - 1).clamp(min=0)
 
-        x = self.model.embed_tokens(input_ids)  # (B, T, hidden_size)
+        x_dtype = self.model.embed_tokens.weight.dtype
         if key_valid is None:
             attn_mask = None  # plain causal attention: the fast path
         else:
@@ -373,9 +431,13 @@ class Transformer(nn.Module):
             allowed = (key_valid[:, None, :] & (k_slot <= q_slot)) | (k_slot == q_slot)
             # As an additive float mask built once here (SDPA would convert a bool mask in
             # every layer): 0 where allowed, -inf elsewhere.
-            attn_mask = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device)
+            attn_mask = torch.zeros(allowed.shape, dtype=x_dtype, device=input_ids.device)
             attn_mask = attn_mask.masked_fill_(~allowed, float("-inf"))[:, None]  # (B, 1, T, S)
 
+        return self._forward_layers(input_ids, position_ids, attn_mask, cache, end)
+
+    def _forward_layers(self, input_ids, position_ids, attn_mask, cache, end) -> torch.Tensor:
+        x = self.model.embed_tokens(input_ids)  # (B, T, hidden_size)
         cos = self.rope_cos[position_ids].to(x.dtype)[:, None]  # (B, 1, T, head_dim)
         sin = self.rope_sin[position_ids].to(x.dtype)[:, None]
         for i, block in enumerate(self.model.layers):
