@@ -1,6 +1,7 @@
 """Seconds per GRPO step: 8 prompts x 8 samples x up to 64 new tokens, ~1M-parameter model.
 
     .venv/bin/python benchmarks/grpo_step.py [--init RUN_DIR] [--steps 20] [--beta 0.04] [--mu 1]
+        [--dtype float32|bfloat16]
 
 The task and sampling settings are the demo recipe's. Without --init the model is freshly initialised, so no completion stops early and every
 step samples the full 8 x 8 x 64 tokens (the worst case). With --init (e.g. a demo run's
@@ -38,11 +39,14 @@ def main() -> None:
     parser.add_argument("--beta", type=float, default=0.04)
     parser.add_argument("--mu", type=int, default=1, help="optimizer passes per batch (TRL: 1)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="the config's dtype: bfloat16 runs the forwards under autocast")  # fmt: skip
     args = parser.parse_args()
 
     cfg = load_config(recipe_path("demo"), ["--grpo.steps", str(args.steps), "--grpo.beta", str(args.beta),
                       "--grpo.num_iterations", str(args.mu), "--grpo.eval_every", "0",
-                      "--threads", str(args.threads), "--checkpoint.every", "0"])  # fmt: skip
+                      "--threads", str(args.threads), "--checkpoint.every", "0",
+                      "--dtype", args.dtype])  # fmt: skip
     seed_everything(cfg.seed, cfg.threads)
     if args.init:
         policy, tokenizer, _, _ = load_checkpoint(args.init)
@@ -66,7 +70,7 @@ def main() -> None:
     print(json.dumps({
         "benchmark": "grpo_step",
         "num_prompts": g.num_prompts, "group_size": g.group_size, "max_new_tokens": g.max_new_tokens,
-        "num_iterations": g.num_iterations, "beta": g.beta, "dtype": "float32",
+        "num_iterations": g.num_iterations, "beta": g.beta, "dtype": cfg.dtype,
         "num_parameters": policy.num_parameters(), "init": args.init or "random",
         "threads": torch.get_num_threads(), "steps_timed": len(rows),
         "mean_response_tokens": statistics.mean(r["response_length"] for r in rows),

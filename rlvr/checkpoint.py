@@ -12,7 +12,9 @@
       rlvr_config.toml      the resolved run config
       state.json            phase, step, policy_version, metrics at save time
       trainer_state.pt      resumable checkpoints only: optimizer, RNG states, data position,
-                            the reference model when one is used (`torch.load`, weights_only)
+                            the reference model when one is used (`torch.load`, weights_only);
+                            LoRA runs: the adapters ("lora"), while model.safetensors holds the
+                            base weights (the final checkpoint/ has the adapters merged in)
 
 A checkpoint is written into a temporary sibling folder, each file fsynced, then renamed
 over the old one, so a crash mid-save leaves the previous checkpoint intact. The folder is

@@ -179,14 +179,18 @@ def _eval(run_dir: Path, output: str | None, overrides: list[str]) -> int:
     from rlvr.config import apply_overrides
     from rlvr.evaluate import evaluate
     from rlvr.rewards import Scorer, open_pool
-    from rlvr.train import make_task, seed_everything, system_prompt
+    from rlvr.train import autocast, make_task, seed_everything, system_prompt
 
     model, tokenizer, cfg, state = load_checkpoint(run_dir)
     apply_overrides(cfg, overrides)
     seed_everything(cfg.seed, cfg.threads)
     task = make_task(cfg)
     problems = task.problems("test", cfg.eval.num_problems, seed=cfg.seed)
-    with torch.no_grad(), open_pool(cfg.reward, preload=(type(task).__module__,)) as pool:
+    with (
+        torch.no_grad(),
+        autocast(cfg, model),  # the run's dtype (--dtype float32 evaluates in full precision)
+        open_pool(cfg.reward, preload=(type(task).__module__,)) as pool,
+    ):
         scorer = Scorer(task, cfg.reward, cfg.eval.max_new_tokens, pool,
                         system_prompt=system_prompt(cfg))  # fmt: skip
         metrics, _ = evaluate(model, tokenizer, scorer, problems, cfg.eval, seed=cfg.seed)

@@ -75,6 +75,8 @@ class GRPOConfig:
     """Completions sampled per problem (k); advantages are relative within each group."""
     max_new_tokens: int = 64
     """Longest completion; longer ones are cut off (finish reason "length")."""
+    ignore_eos: bool = False
+    """Sample exactly max_new_tokens tokens, ignoring EOS (for benchmarks)."""
     temperature: float = 1.0
     """Sampling temperature; the learner divides its logits by the same value."""
     top_p: float = 1.0
@@ -182,6 +184,24 @@ class EvalConfig:
     """Completions written to samples/ at each evaluation."""
 
 
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+"""The linear layers of rlvr's Transformer (and of Llama/Qwen/Mistral checkpoints) LoRA can adapt."""
+
+
+@dataclass
+class LoraConfig:
+    rank: int = 0
+    """LoRA rank r of the adapters GRPO trains (peft); 0 turns LoRA off (full fine-tuning).
+    The final checkpoint/ has the adapters merged into the weights."""
+    alpha: float = 16.0
+    """LoRA scaling numerator: the update is (alpha / rank) * B @ A."""
+    dropout: float = 0.0
+    """Dropout on the adapters' input during training (0: none)."""
+    target_modules: list = field(default_factory=lambda: list(LORA_TARGETS))
+    """Names of the linear layers that get adapters: any of q_proj, k_proj, v_proj, o_proj,
+    gate_proj, up_proj, down_proj (with model_path: any linear layer of that model)."""
+
+
 @dataclass
 class Config:
     seed: int = 0
@@ -206,6 +226,10 @@ class Config:
     max_bad_steps: int = 3
     """Stop after this many steps in a row whose loss or gradient was NaN or infinite (such
     an update is skipped and counted in skipped_updates); 0 never stops."""
+    dtype: str = "float32"
+    """Precision of the forward passes (pretraining, GRPO learner and reference, sampling):
+    "float32", or "bfloat16" (torch.autocast; the weights, optimizer state, log-probs and
+    loss stay float32)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
@@ -213,6 +237,7 @@ class Config:
     reward: RewardConfig = field(default_factory=RewardConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 # ----------------------------------------------------------------------------- field docs
@@ -407,7 +432,7 @@ def validate(cfg: Config) -> None:
         value = getattr(m, name)
         need(value > 0, f"model.{name} must be greater than 0, got {value}.")
     sections = {"": cfg, "model.": m, "pretrain.": p, "grpo.": g, "reward.": cfg.reward,
-                "eval.": e, "checkpoint.": cfg.checkpoint}  # fmt: skip
+                "eval.": e, "checkpoint.": cfg.checkpoint, "lora.": cfg.lora}  # fmt: skip
     for prefix, section in sections.items():
         for f in dataclasses.fields(section):
             value = getattr(section, f.name)
@@ -540,6 +565,32 @@ def validate(cfg: Config) -> None:
     need(r.timeout_s > 0, f"reward.timeout_s must be above 0, got {r.timeout_s}.")
     need(r.memory_mb >= 64, f"reward.memory_mb must be at least 64, got {r.memory_mb}.")
     need(c.keep >= 1, f"checkpoint.keep must be at least 1, got {c.keep}.")
+    need(
+        cfg.dtype in ("float32", "bfloat16"),
+        f"dtype {cfg.dtype!r} is not one of float32, bfloat16.",
+    )
+    lora = cfg.lora
+    need(lora.rank >= 0, f"lora.rank must be 0 (off) or more, got {lora.rank}.")
+    need(lora.alpha > 0, f"lora.alpha must be above 0, got {lora.alpha}.")
+    need(0 <= lora.dropout < 1, f"lora.dropout must be in [0, 1), got {lora.dropout}.")
+    targets = lora.target_modules
+    need(
+        bool(targets) and all(isinstance(t, str) and t for t in targets),
+        f"lora.target_modules must be a non-empty list of layer names, got {targets!r}.",
+    )
+    need(len(set(targets)) == len(targets), f"lora.target_modules repeats a name: {targets}.")
+    unknown = [t for t in targets if t not in LORA_TARGETS]
+    need(
+        lora.rank == 0 or bool(cfg.model_path) or not unknown,
+        f"lora.target_modules {unknown} are not layers of the model; choose from "
+        f"{', '.join(LORA_TARGETS)}.",
+    )
+    need(
+        lora.rank == 0 or g.ref_update_every == 0,
+        "grpo.ref_update_every is not supported with LoRA: the reference is the policy with "
+        "its adapters turned off, i.e. the base weights, which LoRA never changes; set "
+        "grpo.ref_update_every = 0 (or lora.rank = 0 to train all weights).",
+    )
     for name, weight in r.functions.items():
         need(
             isinstance(weight, (int, float)) and not isinstance(weight, bool),

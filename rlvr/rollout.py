@@ -89,6 +89,7 @@ def rollout(
     generator: torch.Generator | None = None,
     policy_version: int = 0,
     think: bool | None = None,
+    ignore_eos: bool = False,
 ) -> list[Episode]:
     """Sample `num_samples` completions per problem and score each; group-major order.
 
@@ -119,7 +120,7 @@ def rollout(
         temperature=temperature,
         top_p=top_p,
         top_k=top_k,
-        stop_token_ids=tokenizer.stop_ids,
+        stop_token_ids=[] if ignore_eos else tokenizer.stop_ids,
         generator=generator,
         on_complete=verify_now,
     )

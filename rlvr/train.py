@@ -21,7 +21,9 @@ variants practitioners use are one key away (formulas and papers in rlvr/algorit
   loads no reference; `grpo.ref_update_every` refreshes it;
 - the "old" logprobs of the ratio are the sampler's, taken at sampling time (or the
   learner's, with importance weights for the difference: `grpo.is_level`); each batch is
-  used for `num_iterations` (mu) optimizer passes, one optimizer step per minibatch.
+  used for `num_iterations` (mu) optimizer passes, one optimizer step per minibatch;
+- `[lora] rank > 0` trains LoRA adapters only (peft), the reference being the policy with
+  them turned off; `dtype = "bfloat16"` runs every forward under bf16 autocast.
 
 Runs survive: every `checkpoint.every` steps (and at the end of each phase) a resumable
 checkpoint holds the weights, optimizer, RNG states and data position, so a resumed run
@@ -40,7 +42,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime
 from pathlib import Path
 
@@ -70,6 +72,15 @@ from rlvr.config import Config, ConfigError, to_toml
 from rlvr.engine import Engine
 from rlvr.errors import StopRequested, TrainingError
 from rlvr.evaluate import evaluate
+from rlvr.lora import (
+    adapter_state,
+    adapters_disabled,
+    base_layers,
+    check_targets,
+    inject_lora,
+    load_adapter_state,
+    merged_copy,
+)
 from rlvr.model import Transformer
 from rlvr.report import RunLogger, plot_metrics, write_samples
 from rlvr.rewards import Scorer, open_pool
@@ -171,6 +182,15 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
+def autocast(cfg: Config, model: torch.nn.Module) -> AbstractContextManager:
+    """The precision of forward passes: with cfg.dtype = "bfloat16", torch.autocast to bf16
+    on the model's device (matmuls in bf16; the float32 master weights, optimizer state and
+    the float32 logits the model returns are untouched); with "float32", nothing."""
+    if cfg.dtype == "float32":
+        return nullcontext()
+    return torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16)
+
+
 @contextmanager
 def progress_bar(description: str, total: int, done: int = 0) -> Iterator:
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -222,10 +242,13 @@ class Checkpointer:
         return step == last_step or (every > 0 and step % every == 0)
 
     def save(self, phase: str, step: int, model: Transformer, trainer_state: dict) -> Path:
+        """With LoRA adapters, model.safetensors holds the base weights (which LoRA never
+        changes) and trainer_state["lora"] the adapters: a resume puts back both, bitwise."""
         path = checkpoint_dir(self.run_dir, phase, step)
         try:
-            save_checkpoint(path, model, self.tokenizer, self.cfg,
-                            {"phase": phase, "step": step, "policy_version": step}, trainer_state)  # fmt: skip
+            with base_layers(model):
+                save_checkpoint(path, model, self.tokenizer, self.cfg,
+                                {"phase": phase, "step": step, "policy_version": step}, trainer_state)  # fmt: skip
         except OSError as e:
             kept = f"{self.last} is intact" if self.last else "no earlier checkpoint exists"
             raise TrainingError(
@@ -237,10 +260,11 @@ class Checkpointer:
         return path
 
     def save_final(self, name: str, model: Transformer, state: dict) -> Path:
-        """Write run_dir/<name> (pretrained/, checkpoint/): a policy to use, not to resume."""
+        """Write run_dir/<name> (pretrained/, checkpoint/): a policy to use, not to resume.
+        LoRA adapters are merged into the weights: a plain Hugging Face folder."""
         path = self.run_dir / name
         try:
-            return save_checkpoint(path, model, self.tokenizer, self.cfg, state)
+            return save_checkpoint(path, merged_copy(model), self.tokenizer, self.cfg, state)
         except OSError as e:
             kept = f"{self.last} is intact" if self.last else "no resumable checkpoint exists"
             raise TrainingError(
@@ -344,7 +368,8 @@ def pretrain(
             optimizer.zero_grad(set_to_none=True)
             loss = torch.zeros(())
             for ids, mask in batches:
-                logits = model(ids[:, :-1])  # (b, T-1, V)
+                with autocast(cfg, model):
+                    logits = model(ids[:, :-1])  # (b, T-1, V), float32
                 losses = F.cross_entropy(
                     logits.flatten(0, 1), ids[:, 1:].flatten(), reduction="none"
                 )
@@ -488,8 +513,12 @@ def grpo(
     `before` (the evaluation before GRPO) is stored in each checkpoint for the run summary.
     """
     g = cfg.grpo
+    lora = cfg.lora.rank > 0
+    if lora:  # only the adapters train; the reference is the policy with them turned off
+        trainable = inject_lora(policy, cfg.lora)
+        console.print(f"LoRA rank {cfg.lora.rank}: {trainable / 1e6:.3f}M trainable parameters")
     reference = None
-    if g.beta > 0:
+    if g.beta > 0 and not lora:
         reference = copy.deepcopy(policy).eval().requires_grad_(False)
     optimizer = make_optimizer(policy, g.lr, g.weight_decay)
     engine = Engine(policy, pad_id=tokenizer.pad_id)
@@ -498,6 +527,10 @@ def grpo(
     problems = ProblemStream(task, cfg)
     first, batches_drawn, bad_in_row = 1, 0, 0
     if resume is not None:
+        if lora:
+            load_adapter_state(policy, resume.get("lora"))
+        if "torch_rng" in resume:  # LoRA dropout draws from it
+            torch.set_rng_state(resume["torch_rng"])
         optimizer.load_state_dict(resume["optimizer"])
         generator.set_state(resume["generator"])
         shuffle.set_state(resume["shuffle"])
@@ -519,19 +552,22 @@ def grpo(
             target = g.num_prompts * g.group_size
             sampled: list[Episode] = []
             episodes: list[Episode] = []
-            rounds = 0
+            rounds = flat_groups = 0
             while rounds == 0 or (
                 g.dynamic_sampling and len(episodes) < target and rounds < g.max_sampling_rounds
             ):
-                new = rollout(
-                    engine, tokenizer, scorer, problems.batch(batches_drawn),
-                    num_samples=g.group_size, max_new_tokens=g.max_new_tokens,
-                    temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
-                    generator=generator, policy_version=step - 1,
-                )  # fmt: skip
+                with autocast(cfg, policy):
+                    new = rollout(
+                        engine, tokenizer, scorer, problems.batch(batches_drawn),
+                        num_samples=g.group_size, max_new_tokens=g.max_new_tokens,
+                        temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
+                        generator=generator, policy_version=step - 1, ignore_eos=g.ignore_eos,
+                    )  # fmt: skip
                 batches_drawn, rounds = batches_drawn + 1, rounds + 1
                 sampled += new
-                episodes += informative_groups(new, g.group_size) if g.dynamic_sampling else new
+                kept = informative_groups(new, g.group_size) if g.dynamic_sampling else new
+                flat_groups += (len(new) - len(kept)) // g.group_size
+                episodes += kept
             episodes = episodes[:target]
             t_sampled = time.perf_counter()
 
@@ -548,14 +584,17 @@ def grpo(
                     truncated = torch.tensor([ep.finish_reason == "length" for ep in episodes])
                     batch["completion_mask"] = mask_truncated(batch["completion_mask"], truncated)
                 with torch.no_grad():
-                    if reference is not None:
-                        batch["ref_logprobs"], _ = sequence_logprobs(
-                            reference, batch, g.temperature
-                        )
+                    if g.beta > 0:  # the frozen copy; with LoRA, the policy without adapters
+                        ref_model = reference if reference is not None else policy
+                        with adapters_disabled(ref_model), autocast(cfg, ref_model):
+                            batch["ref_logprobs"], _ = sequence_logprobs(
+                                ref_model, batch, g.temperature
+                            )
                     if g.is_level != "none":
                         # The learner's own logprobs become the ratio's "old" ones; the weights
                         # correct for the sampler having drawn from slightly different ones.
-                        learner_old, _ = sequence_logprobs(policy, batch, g.temperature)
+                        with autocast(cfg, policy):
+                            learner_old, _ = sequence_logprobs(policy, batch, g.temperature)
                         batch["is_weights"], is_stats = sampler_correction(
                             learner_old, batch["old_logprobs"], batch["completion_mask"],
                             level=g.is_level, mode=g.is_mode, cap=g.is_cap,
@@ -575,7 +614,8 @@ def grpo(
                             group_ids[:, None] * g.group_size + torch.arange(g.group_size)
                         ).flatten()
                         mb = {k: v[rows] for k, v in batch.items()}
-                        logprobs, logits = sequence_logprobs(policy, mb, g.temperature)
+                        with autocast(cfg, policy):  # logits and logprobs come out float32
+                            logprobs, logits = sequence_logprobs(policy, mb, g.temperature)
                         # one optimizer step per minibatch: dapo's "whole batch" is this one
                         mask = mb["completion_mask"]
                         loss, loss_stats = policy_loss(
@@ -628,7 +668,8 @@ def grpo(
                 "bad_rewards": sum(ep.bad_rewards for ep in sampled),
                 "skipped_updates": skipped,
                 "sampling_rounds": rounds,
-                "dropped_groups": (len(sampled) - len(episodes)) // g.group_size,
+                "dropped_groups": flat_groups,
+                "dropped_fraction": flat_groups * g.group_size / len(sampled),
                 **{key: sum(v) / len(v) for key, v in stats.items()},
                 "policy_version": step,
                 "step_seconds": t_end - t0,
@@ -640,8 +681,9 @@ def grpo(
             too_many_bad_steps(cfg, "GRPO", step, bad_in_row, checkpointer.last)
 
             if g.eval_every and step % g.eval_every == 0 and step < g.steps:
-                eval_metrics, samples = evaluate(policy, tokenizer, scorer, eval_problems,
-                                                 cfg.eval, seed=cfg.seed, sampled=False)  # fmt: skip
+                with autocast(cfg, policy):
+                    eval_metrics, samples = evaluate(policy, tokenizer, scorer, eval_problems,
+                                                     cfg.eval, seed=cfg.seed, sampled=False)  # fmt: skip
                 logger.log("eval", step, eval_metrics)
                 write_samples(logger.run_dir, f"grpo-step{step:05d}", samples)
 
@@ -652,7 +694,8 @@ def grpo(
                     "generator": generator.get_state(), "shuffle": shuffle.get_state(),
                     "batches_drawn": batches_drawn, "bad_in_row": bad_in_row,
                     "reference": reference.state_dict() if reference is not None else None,
-                    "before": before or {},
+                    "lora": adapter_state(policy) if lora else None,
+                    "torch_rng": torch.get_rng_state(), "before": before or {},
                 })  # fmt: skip
             if stop and step < g.steps:
                 raise StopRequested(f"GRPO step {step}", str(checkpointer.run_dir))
@@ -678,6 +721,7 @@ def run(cfg: Config, resume: bool = False) -> tuple[Path, dict]:
         loaded = load_checkpoint(cfg.init_from)[:2]
     elif cfg.model_path and not resume:
         loaded = load_model(cfg.model_path)
+        check_targets(loaded[0], cfg.lora)
         if isinstance(loaded[0], Transformer):  # config.toml records the architecture
             cfg.model = copy.deepcopy(loaded[0].config)
     run_dir = make_run_dir(cfg, resume)
@@ -741,8 +785,9 @@ def run(cfg: Config, resume: bool = False) -> tuple[Path, dict]:
             before = state["before"]
         else:
             console.print("evaluating the starting policy ...")
-            before, samples = evaluate(policy, tokenizer, scorer, eval_problems, cfg.eval,
-                                       seed=cfg.seed)  # fmt: skip
+            with autocast(cfg, policy):
+                before, samples = evaluate(policy, tokenizer, scorer, eval_problems, cfg.eval,
+                                           seed=cfg.seed)  # fmt: skip
             logger.log("eval", 0, before)
             write_samples(run_dir, "before-grpo", samples)
 
@@ -755,8 +800,9 @@ def run(cfg: Config, resume: bool = False) -> tuple[Path, dict]:
             )  # fmt: skip
             summary["grpo_seconds"] = time.perf_counter() - t0
             console.print("evaluating the trained policy ...")
-            after, samples = evaluate(policy, tokenizer, scorer, eval_problems, cfg.eval,
-                                      seed=cfg.seed)  # fmt: skip
+            with autocast(cfg, policy):
+                after, samples = evaluate(policy, tokenizer, scorer, eval_problems, cfg.eval,
+                                          seed=cfg.seed)  # fmt: skip
             logger.log("eval", cfg.grpo.steps, after)
             write_samples(run_dir, "after-grpo", samples)
         checkpointer.save_final("checkpoint", policy, {"phase": "grpo", "step": cfg.grpo.steps,

@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from rlvr.cli import recipe_path
-from rlvr.config import Config, ConfigError, load_config, to_toml, validate
+from rlvr.config import LORA_TARGETS, Config, ConfigError, load_config, to_toml, validate
 from rlvr.tasks.dataset import DatasetError, DatasetTask
 from rlvr.verifiers.base import STATUSES, Verdict
 
@@ -276,6 +276,8 @@ def valid_value(kind: typing.Any) -> st.SearchStrategy:
             max_leaves=4,
         )
         return st.dictionaries(text, inner, max_size=3)
+    if kind is list:  # lora.target_modules
+        return st.lists(st.sampled_from(LORA_TARGETS), min_size=1, unique=True) | st.lists(text)
     raise TypeError(kind)
 
 
