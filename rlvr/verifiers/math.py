@@ -54,6 +54,7 @@ Policies (each has a test in tests/test_math_verifier.py):
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Sequence
@@ -447,8 +448,13 @@ def verify_math(completion: str, answer: str) -> Verdict:
     return _symbolic_verdict(gold, text, wrap)
 
 
+@functools.lru_cache(maxsize=4096)
 def _symbolic_verdict(gold: str, text: str, wrap: bool) -> Verdict:
-    """math-verify's parse + verify. Only ever called inside a pool worker."""
+    """math-verify's parse + verify. Only ever called inside a pool worker.
+
+    Memoized per worker: the k samples of a group share one gold answer and often write the
+    same final answer, and the verdict is a pure function of the two strings.
+    """
     import math_verify
     from math_verify import ExprExtractionConfig, LatexExtractionConfig
     from sympy import Basic, MatrixBase
