@@ -230,6 +230,9 @@ class Config:
     """Precision of the forward passes (pretraining, GRPO learner and reference, sampling):
     "float32", or "bfloat16" (torch.autocast; the weights, optimizer state, log-probs and
     loss stay float32)."""
+    plots: bool = True
+    """Draw plots/<phase>.png at the end of the run (matplotlib takes a few seconds; the
+    same curves are in metrics.jsonl and TensorBoard)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)

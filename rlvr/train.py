@@ -808,7 +808,8 @@ def run(cfg: Config, resume: bool = False) -> tuple[Path, dict]:
         checkpointer.save_final("checkpoint", policy, {"phase": "grpo", "step": cfg.grpo.steps,
                                                        "policy_version": cfg.grpo.steps})  # fmt: skip
 
-    plot_metrics(run_dir)
+    if cfg.plots:
+        plot_metrics(run_dir)
     for key, value in before.items():
         summary[f"pretrain_{key}"] = value
     for key, value in after.items():

@@ -1,4 +1,4 @@
-"""User reward functions for tests/test_rewards.py (importable by verifier workers)."""
+"""User reward functions for the tests (importable by verifier workers)."""
 
 import time
 
@@ -17,3 +17,8 @@ def raises(completion, problem):
 
 def hangs(completion, problem):
     time.sleep(60)
+
+
+def text_parity(completion, problem):
+    """0 or 1 by the parity of the characters' sum: varies within a random model's groups."""
+    return float(sum(map(ord, completion)) % 2)

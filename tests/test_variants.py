@@ -19,7 +19,7 @@ TINY = [
     "--pretrain.steps", "0", "--grpo.steps", "2", "--grpo.num_prompts", "2",
     "--grpo.group_size", "4", "--grpo.max_new_tokens", "12", "--grpo.eval_every", "0",
     "--eval.num_problems", "4", "--eval.num_samples", "0", "--eval.max_new_tokens", "8",
-    "--reward.workers", "0", "--checkpoint.every", "0", "--threads", "1",
+    "--reward.workers", "0", "--checkpoint.every", "0", "--threads", "1", "--plots", "false",
     # a random model answers nothing right: a format-only reward varies within groups
     "--reward.format_weight", "1.0",
 ]  # fmt: skip
@@ -76,3 +76,23 @@ def test_everything_at_once(tmp_path):
 def test_importance_correction_logs_the_mismatch(tmp_path, level):
     rows = train(tmp_path, "--grpo.is_level", level)
     assert all(0 <= r["is_capped_fraction"] <= 1 for r in rows)
+
+
+@pytest.mark.parametrize("dynamic_sampling", ["false", "true"])
+@pytest.mark.parametrize("advantage", ADVANTAGE_ESTIMATORS)
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_every_combination_trains(tmp_path, loss_type, advantage, dynamic_sampling):
+    """The whole matrix the config allows: loss type x advantage x dynamic sampling. A reward
+    that varies within a random model's groups keeps some groups informative, so each step
+    updates the policy (dynamic sampling drops only the flat ones)."""
+    rows = train(
+        tmp_path,
+        "--grpo.loss_type", loss_type, "--grpo.advantage", advantage,
+        "--grpo.dynamic_sampling", dynamic_sampling, "--grpo.max_sampling_rounds", "2",
+        "--reward.functions", '{"tests.reward_functions:text_parity" = 1.0}',
+    )  # fmt: skip
+    for r in rows:
+        assert {"loss", "clip_fraction", "entropy", "kl", "grad_norm"} <= set(r), r
+        assert r["dropped_fraction"] < 1.0
+        if dynamic_sampling == "false":
+            assert r["dropped_groups"] == 0 and r["sampling_rounds"] == 1
