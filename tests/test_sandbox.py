@@ -7,7 +7,11 @@ where it works); the last ones force the weaker fallback.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import sysconfig
 import time
+from pathlib import Path
 
 import pytest
 
@@ -165,6 +169,23 @@ def test_killing_its_parent_does_not_harm_the_host():
     result = run_python(code, limits=FAST)
     assert result.exit_code is not None  # we are alive to read it
     assert "cannot reach the host" in result.stdout or result.exit_code != 0
+
+
+@needs_bwrap
+def test_an_interpreter_under_tmp_still_gets_bubblewrap(tmp_path):
+    """A virtual environment in /tmp (a clone under /tmp, CI) is bound over the private /tmp,
+    not hidden by it."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    paths = [str(Path(__file__).resolve().parents[1]), sysconfig.get_paths()["purelib"]]
+    code = "from rlvr.verifiers.sandbox import backend, run_python; "
+    code += "print(backend()); print(run_python('print(6 * 7)').stdout.strip())"
+    out = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", code],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(paths)},
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout.split()  # fmt: skip
+    assert out == ["bwrap", "42"]
 
 
 def test_fallback_runs_and_enforces_limits():

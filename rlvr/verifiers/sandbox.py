@@ -178,9 +178,11 @@ def _bwrap_command(sandbox_dir: str, limits: Limits) -> tuple[list[str], tuple[i
         args += ["--userns", str(fd), "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
     else:
         args += ["--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID)]
+    # The private /tmp first: an interpreter or virtual environment that lives under the
+    # host's /tmp is then bound on top of it instead of being hidden by it.
+    args += ["--perms", "1777", "--size", str(limits.tmp_mb << 20), "--tmpfs", "/tmp"]
     args += _system_binds()
     args += ["--ro-bind", sandbox_dir, "/sandbox", "--proc", "/proc", "--dev", "/dev"]
-    args += ["--perms", "1777", "--size", str(limits.tmp_mb << 20), "--tmpfs", "/tmp"]
     args += ["--chdir", "/tmp"]
     args += ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts"]
     args += ["--unshare-cgroup-try", "--hostname", "sandbox"]
