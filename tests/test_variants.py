@@ -72,6 +72,16 @@ def test_everything_at_once(tmp_path):
         assert r["mismatch_kl"] < 1e-3
 
 
+@pytest.mark.parametrize("combine", ["sum_then_normalize", "normalize_then_sum", "gdpo"])
+def test_each_reward_combination_trains(tmp_path, combine):
+    """Several reward parts (accuracy, format, a user function), combined each way."""
+    rows = train(
+        tmp_path, "--grpo.reward_combine", combine,
+        "--reward.functions", '{"tests.reward_functions:text_parity" = 1.0}',
+    )  # fmt: skip
+    assert all("loss" in r and "reward/tests.reward_functions:text_parity" in r for r in rows)
+
+
 @pytest.mark.parametrize("level", ["token", "sequence"])
 def test_importance_correction_logs_the_mismatch(tmp_path, level):
     rows = train(tmp_path, "--grpo.is_level", level)
