@@ -6,8 +6,8 @@
 - Dataset: random bytes and random JSON lines either load (and then every non-blank line is
   a problem, a duplicate or a counted skip) or raise DatasetError naming the file and line.
 
-Known bugs in rlvr/config.py are pinned by strict xfail tests at the end of the file; the
-properties tolerate exactly those (see `known_config_bug`) so that they test everything else.
+The bugs these properties found in rlvr/config.py are fixed; their cases stay as regression
+tests at the end of the file.
 """
 
 from __future__ import annotations

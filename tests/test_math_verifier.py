@@ -244,4 +244,4 @@ def test_agreement_with_public_regression_cases(pool):
     cases = [json.loads(line) for line in path.read_text().splitlines()]
     verdicts = verify_math_many(pool, [(c["prediction"], c["gold"]) for c in cases])
     agree = sum((v.status == "correct") == bool(c["expected"]) for c, v in zip(cases, verdicts))
-    assert agree / len(cases) >= 0.95  # math-verify's own default parse+verify: 0.918
+    assert agree / len(cases) >= 0.95  # math-verify's own parse+verify: 0.924 (198 cases)
