@@ -245,3 +245,15 @@ def test_agreement_with_public_regression_cases(pool):
     verdicts = verify_math_many(pool, [(c["prediction"], c["gold"]) for c in cases])
     agree = sum((v.status == "correct") == bool(c["expected"]) for c, v in zip(cases, verdicts))
     assert agree / len(cases) >= 0.95  # math-verify's own parse+verify: 0.924 (198 cases)
+
+
+def test_memoized_symbolic_verdicts_are_fresh_objects():
+    """Workers memoize math-verify's grading; a caller changing one verdict (the dataset task
+    adds its format part) must not change the next one."""
+    from rlvr.verifiers.math import _symbolic_verdict
+
+    first = _symbolic_verdict("\\frac{1}{2}", "\\frac{2}{4}", True)
+    first.components["format"] = 0.0
+    second = _symbolic_verdict("\\frac{1}{2}", "\\frac{2}{4}", True)
+    assert second is not first and second.status == "correct"
+    assert second.components == {"accuracy": 1.0}

@@ -448,13 +448,17 @@ def verify_math(completion: str, answer: str) -> Verdict:
     return _symbolic_verdict(gold, text, wrap)
 
 
-@functools.lru_cache(maxsize=4096)
 def _symbolic_verdict(gold: str, text: str, wrap: bool) -> Verdict:
-    """math-verify's parse + verify. Only ever called inside a pool worker.
+    """math-verify's parse + verify. Only ever called inside a pool worker. A fresh Verdict
+    each call (callers may change its components); the grading itself is memoized."""
+    return _verdict(*_symbolic_status(gold, text, wrap))
 
-    Memoized per worker: the k samples of a group share one gold answer and often write the
-    same final answer, and the verdict is a pure function of the two strings.
-    """
+
+@functools.lru_cache(maxsize=4096)
+def _symbolic_status(gold: str, text: str, wrap: bool) -> tuple[str, str]:
+    """(status, reason) from math-verify. Memoized per worker: the k samples of a group share
+    one gold answer and often write the same final answer, and the result is a pure function
+    of the two strings."""
     import math_verify
     from math_verify import ExprExtractionConfig, LatexExtractionConfig
     from sympy import Basic, MatrixBase
@@ -469,13 +473,13 @@ def _symbolic_verdict(gold: str, text: str, wrap: bool) -> Verdict:
 
     gold_parsed = parse(f"${gold}$")
     if not any(isinstance(x, Basic | MatrixBase) for x in gold_parsed):
-        return _verdict("error", f"gold answer {gold[:40]!r} could not be parsed")
+        return ("error", f"gold answer {gold[:40]!r} could not be parsed")
     given_parsed = parse(f"${text}$" if wrap else text)
     if not given_parsed:
-        return _verdict("unparsable", f"could not parse the answer {text[:40]!r}")
+        return ("unparsable", f"could not parse the answer {text[:40]!r}")
     if math_verify.verify(gold_parsed, given_parsed, timeout_seconds=None):
-        return _verdict("correct", "ok")
-    return _verdict("wrong", f"answered {text[:30]}, expected {gold[:30]}")
+        return ("correct", "ok")
+    return ("wrong", f"answered {text[:30]}, expected {gold[:30]}")
 
 
 def verify_math_many(pool: VerifierPool, items: Sequence[tuple[str, str]]) -> list[Verdict]:
