@@ -10,10 +10,8 @@ the median of `--runs` alternating runs. Prints one line per size to stderr and 
 line last on stdout; `ratio` is our new tokens/s over theirs (above 1: rlvr is faster),
 with rlvr's default fp32 path (the one that gives the same tokens for the same seed).
 
-Extra columns, opt-in variants of rlvr measured in the same alternation (`--extras`, on by
-default; they change float rounding, so they are not the headline): `fused`
-(Engine(fused=True): q/k/v and gate/up as one matrix product each) and `bf16` (the model
-in bfloat16). Run it alone: 2-thread torch slows down when another process holds a core.
+Extra column, measured in the same alternation (`--extras`, on by default; it changes float
+rounding, so it is not the headline): `bf16`, rlvr's engine on the model in bfloat16. Run it alone: 2-thread torch slows down when another process holds a core.
 Needs transformers.
 """
 
@@ -74,7 +72,6 @@ def measure(size: str, args: argparse.Namespace) -> dict:
     attention_mask = (torch.arange(args.prompt_len) >= args.prompt_len - lengths).long()
     engines = {"ours": Engine(ours, pad_id=0)}
     if args.extras:
-        engines["fused"] = Engine(ours, pad_id=0, fused=True)
         engines["bf16"] = Engine(copy.deepcopy(ours).to(torch.bfloat16), pad_id=0)
 
     def run_ours(seed: int, engine: Engine) -> float:
@@ -155,7 +152,7 @@ def main() -> None:
         "--extras",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="also measure the opt-in variants (fused projections, bf16)",
+        help="also measure rlvr on the model in bfloat16",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

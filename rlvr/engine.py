@@ -43,13 +43,9 @@ class Completion:
 class Engine:
     """Samples completions from a `Transformer`; prompts and outputs are token id lists."""
 
-    def __init__(self, model: Transformer, pad_id: int, *, fused: bool = False):
-        """fused=True (opt-in) runs each layer's q/k/v and gate/up projections as one matrix
-        product each: faster, but the float rounding may differ from the default path, so
-        the same seed need not give the same tokens."""
+    def __init__(self, model: Transformer, pad_id: int):
         self.model = model
         self.pad_id = pad_id
-        self.fused = fused
 
     @torch.inference_mode()
     def generate(
@@ -99,8 +95,6 @@ class Engine:
             attention_mask[i, prompt_len - len(p) :] = 1
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         cache = model.new_cache(num_prompts, prompt_len + max_new_tokens)
-        if self.fused and hasattr(model, "fused_weights"):
-            cache.fused = model.fused_weights()  # copied each call: the weights may change
         logits = model(input_ids, attention_mask, cache=cache)[:, -1]  # (P, V)
 
         # Copy each prompt's cache into num_samples rows; all N rows decode from here.

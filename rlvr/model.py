@@ -140,10 +140,6 @@ class KVCache:
         # The same mask as an additive attention bias (0 real, -inf padding), kept up to date
         # from the first one-token step on, so decoding does not rebuild it every step.
         self.bias: torch.Tensor | None = None
-        # Opt-in (Engine(fused=True)): per layer, (q|k|v weight, q|k|v bias or None, gate|up
-        # weight) concatenated, so each layer runs 2 projections fewer. Same math, but the
-        # float rounding may differ from the separate projections.
-        self.fused: list[tuple] | None = None
 
     @classmethod
     def create(
@@ -246,15 +242,9 @@ class Attention(nn.Module):
         layer: int,
     ) -> torch.Tensor:
         B, T, _ = x.shape
-        fused = cache.fused[layer] if cache is not None and cache.fused is not None else None
-        if fused is None:
-            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        else:
-            q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-            q, k, v = F.linear(x, fused[0], fused[1]).split((q_size, kv_size, kv_size), -1)
-        q = q.view(B, T, self.num_heads, self.head_dim)
-        k = k.view(B, T, self.num_kv_heads, self.head_dim)
-        v = v.view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim)
+        k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, heads, T, head_dim)
@@ -282,10 +272,7 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
-    def forward(self, x: torch.Tensor, gate_up: torch.Tensor | None = None) -> torch.Tensor:
-        if gate_up is not None:  # gate and up weights concatenated (KVCache.fused)
-            gate, up = F.linear(x, gate_up).chunk(2, dim=-1)
-            return self.down_proj(F.silu(gate) * up)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -299,8 +286,6 @@ class Block(nn.Module):
 
     def forward(self, x, cos, sin, attn_mask, cache, layer):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, attn_mask, cache, layer)
-        if cache is not None and cache.fused is not None:
-            return x + self.mlp(self.post_attention_layernorm(x), cache.fused[layer][2])
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -344,22 +329,6 @@ class Transformer(nn.Module):
     def num_parameters(self) -> int:
         """Number of distinct parameters (a tied embedding counts once)."""
         return sum(p.numel() for p in self.parameters())
-
-    def fused_weights(self) -> list[tuple] | None:
-        """Per layer (q|k|v weight, q|k|v bias or None, gate|up weight), concatenated copies
-        for `KVCache.fused`; None when a projection is not a plain nn.Linear (LoRA)."""
-        fused = []
-        for block in self.model.layers:
-            a, m = block.self_attn, block.mlp
-            linears = (a.q_proj, a.k_proj, a.v_proj, m.gate_proj, m.up_proj)
-            if any(type(p) is not nn.Linear for p in linears):
-                return None
-            qkv = torch.cat((a.q_proj.weight, a.k_proj.weight, a.v_proj.weight))
-            bias = None
-            if a.q_proj.bias is not None:
-                bias = torch.cat((a.q_proj.bias, a.k_proj.bias, a.v_proj.bias))
-            fused.append((qkv, bias, torch.cat((m.gate_proj.weight, m.up_proj.weight))))
-        return fused
 
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
         """An empty KV cache for this model (what `Engine` asks every model for)."""
