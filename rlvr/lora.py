@@ -38,7 +38,7 @@ def _peft():
     except ImportError as e:
         raise ConfigError(
             "lora.rank > 0 needs the peft package; install it with `pip install peft` "
-            "(or `pip install rlvr[hf]`), or set lora.rank = 0."
+            "(or `pip install -e '.[hf]'` in a checkout), or set lora.rank = 0."
         ) from e
     return peft
 

@@ -23,6 +23,7 @@ from rlvr.checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint, 
 from rlvr.cli import main
 from rlvr.config import Config, LoraConfig
 from rlvr.model import ModelConfig, Transformer
+from rlvr.report import read_metrics
 
 peft = pytest.importorskip("peft")
 
@@ -41,7 +42,7 @@ GRPO_STEPS = 4
 TINY = [
     "--pretrain.steps", "20", "--grpo.steps", str(GRPO_STEPS), "--grpo.eval_every", "0",
     "--eval.num_problems", "8", "--eval.num_samples", "0", "--checkpoint.every", "2",
-    "--threads", "1", "--reward.workers", "0",
+    "--threads", "1", "--reward.workers", "0", "--plots", "false",
     # a reward that varies within a group, so that GRPO really changes the weights
     "--reward.functions", '{"faults:length_reward" = 0.5}',
 ]  # fmt: skip
@@ -51,11 +52,6 @@ TIMING = ("time", "seconds", "per_second")
 
 def train(out: Path, *extra: str) -> int:
     return main(["train", SMOKE, "--out", str(out), *TINY, *extra])
-
-
-def records(run_dir: Path) -> list[dict]:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
 
 
 def without_timing(rows: list[dict]) -> list[dict]:
@@ -71,17 +67,10 @@ def adapted_policy(run_dir: Path) -> torch.nn.Module:
     return model.eval()
 
 
-@pytest.fixture(autouse=True)
-def _no_plots(monkeypatch):
-    monkeypatch.setattr(rlvr.train, "plot_metrics", lambda run_dir: [])
-
-
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("lora") / "A"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(rlvr.train, "plot_metrics", lambda run_dir: [])
-        assert train(out, *LORA) == 0
+    assert train(out, *LORA) == 0
     return out
 
 
@@ -112,7 +101,7 @@ def test_autocast_computes_in_bf16_and_returns_float32_logits():
 def test_bf16_run_has_finite_metrics_and_float32_weights(tmp_path):
     out = tmp_path / "bf16"
     assert train(out, "--dtype", "bfloat16") == 0
-    rows = records(out)
+    rows = read_metrics(out)
     assert [r["step"] for r in rows if r["phase"] == "grpo"] == list(range(1, GRPO_STEPS + 1))
     numbers = [v for r in rows for v in r.values() if isinstance(v, float)]
     assert numbers and all(math.isfinite(v) for v in numbers)
@@ -209,7 +198,7 @@ def test_stopped_lora_run_resumes_exactly(lora_run, tmp_path, monkeypatch):
     assert not (out / "checkpoint").exists()
     monkeypatch.setattr(rlvr.train, "rollout", real)
     assert main(["train", "--resume", str(out)]) == 0
-    assert without_timing(records(out)) == without_timing(records(lora_run))
+    assert without_timing(read_metrics(out)) == without_timing(read_metrics(lora_run))
     final = "checkpoint/model.safetensors"
     assert (out / final).read_bytes() == (lora_run / final).read_bytes()
     last = load_trainer_state(latest_checkpoint(out))["lora"]
@@ -224,7 +213,7 @@ def test_lora_on_a_hugging_face_checkpoint(tmp_path):
     source = qwen2_checkpoint(tmp_path / "qwen2")
     out = tmp_path / "run"
     code = main(["train", SMOKE, "--model", str(source), "--out", str(out), *RUN,
-                 "--lora.rank", "2", "--lora.alpha", "8"])  # fmt: skip
+                 "--lora.rank", "2", "--lora.alpha", "8", "--plots", "false"])  # fmt: skip
     assert code == 0
     original = load_file(source / "model.safetensors")
     merged = load_file(out / "checkpoint" / "model.safetensors")
