@@ -14,7 +14,8 @@
    temperature 1.0, lr 5e-5 (constant), AdamW(0.9, 0.95), no weight decay, grad clip 1.0,
    epsilon 0.2 both ways, mu = 1, loss "dapo", group z-score advantages, fp32.
    - rlvr: `rlvr.train.grpo` on the folder loaded as `--model` loads it (`rlvr.train.
-     load_model`), grpo.ignore_eos = true, verification in-process (reward.workers = 0).
+     load_model`), grpo.min_new_tokens = 64 (EOS masked out of the sampling distribution,
+     as TRL's generation min_new_tokens does), verification in-process (reward.workers = 0).
    - TRL: `GRPOTrainer(model=FOLDER)`, tokenizer `PreTrainedTokenizerFast.from_pretrained`,
      per_device_train_batch_size 64, num_generations 8 (one optimizer step = 8 prompts x 8
      generations), max_completion_length 64 with generation min_new_tokens 64.
@@ -28,9 +29,8 @@
    the mean over the last `--reward-window` steps and over the first ones, per side.
 
 What differs unavoidably: the random streams (the two sides sample different completions
-from the same policy); how the length is forced (TRL's min_new_tokens masks EOS out of the
-sampling distribution, rlvr's ignore_eos samples on past an EOS); TRL's timed interval
-leaves out its data loader's fetch of the prompts and its logging, rlvr's its logging.
+from the same policy); TRL's timed interval leaves out its data loader's fetch of the
+prompts and its logging, rlvr's its logging.
 
 Prints one line per setting to stderr and one JSON line last on stdout. Needs the bench extra
 (`pip install -e '.[bench]'`: trl, transformers). Run it alone: 2-thread torch slows down
@@ -83,7 +83,7 @@ def config(args: argparse.Namespace, beta: float = 0.04, pretrain_steps: int = 0
         "--threads", str(args.threads), "--model.attention_bias", "true",
         "--pretrain.steps", str(pretrain_steps),
         "--grpo.steps", str(args.warmup + args.steps), "--grpo.num_prompts", "8",
-        "--grpo.group_size", "8", "--grpo.max_new_tokens", "64", "--grpo.ignore_eos", "true",
+        "--grpo.group_size", "8", "--grpo.max_new_tokens", "64", "--grpo.min_new_tokens", "64",
         "--grpo.temperature", "1.0", "--grpo.lr", str(LR), "--grpo.beta", str(beta),
         "--grpo.epsilon", str(EPSILON), "--grpo.epsilon_high", str(EPSILON),
         "--grpo.num_iterations", "1", "--grpo.loss_type", "dapo", "--grpo.advantage", "grpo",

@@ -76,7 +76,11 @@ class GRPOConfig:
     max_new_tokens: int = 64
     """Longest completion; longer ones are cut off (finish reason "length")."""
     ignore_eos: bool = False
-    """Sample exactly max_new_tokens tokens, ignoring EOS (for benchmarks)."""
+    """Sample exactly max_new_tokens tokens, sampling on past EOS (vLLM's ignore_eos)."""
+    min_new_tokens: int = 0
+    """The first min_new_tokens tokens of a completion never end it: the stop tokens are masked
+    out of the sampling distribution until then (transformers' min_new_tokens, vLLM's
+    min_tokens). min_new_tokens = max_new_tokens forces the length as TRL benchmarks do."""
     temperature: float = 1.0
     """Sampling temperature; the learner divides its logits by the same value."""
     top_p: float = 1.0
@@ -560,6 +564,11 @@ def validate(cfg: Config) -> None:
         ("grpo.ref_update_every", g.ref_update_every),
     ]:
         need(value >= 0, f"{key} must be 0 or more, got {value}.")
+    need(
+        0 <= g.min_new_tokens <= g.max_new_tokens,
+        f"grpo.min_new_tokens ({g.min_new_tokens}) must be between 0 and grpo.max_new_tokens "
+        f"({g.max_new_tokens}).",
+    )
     need(
         r.overlong_buffer <= g.max_new_tokens,
         f"reward.overlong_buffer ({r.overlong_buffer}) must not exceed grpo.max_new_tokens "

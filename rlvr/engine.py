@@ -59,6 +59,7 @@ class Engine:
         top_k: int = 0,
         stop_token_ids: Sequence[int] = (),
         stop_sequences: Sequence[Sequence[int]] = (),
+        min_new_tokens: int = 0,
         generator: torch.Generator | None = None,
         on_complete: Callable[[Completion], None] | None = None,
     ) -> list[Completion]:
@@ -66,7 +67,11 @@ class Engine:
 
         temperature 0 is greedy decoding; top_k 0 and top_p 1.0 turn those filters off. A
         completion ends at a stop token, at the end of a stop sequence, or after
-        `max_new_tokens` tokens. The same `generator` seed gives the same completions.
+        `max_new_tokens` tokens. The first `min_new_tokens` tokens never end a completion:
+        until then the stop tokens are masked out of the sampling distribution (as
+        transformers' min_new_tokens and vLLM's min_tokens do; the returned logprobs stay
+        those of the unmasked distribution) and stop sequences are not checked. The same
+        `generator` seed gives the same completions.
         `on_complete(completion)` is called as each one finishes, while the others are still
         decoding (the rollout starts verifying there).
         """
@@ -78,6 +83,8 @@ class Engine:
             raise ValueError("generate needs at least one prompt, and every prompt needs a token.")
         if num_samples < 1 or max_new_tokens < 1:
             raise ValueError("num_samples and max_new_tokens must be at least 1.")
+        if not 0 <= min_new_tokens <= max_new_tokens:
+            raise ValueError("min_new_tokens must be between 0 and max_new_tokens.")
         prompt_len = max(len(p) for p in prompts)
         if prompt_len + max_new_tokens > config.max_position_embeddings:
             raise ValueError(
@@ -119,7 +126,8 @@ class Engine:
         one_stop_id = int(stop_ids[0]) if len(stop_ids) == 1 else None
         finished: dict[int, Completion] = {}  # row -> its completion (with on_complete only)
         for step in range(max_new_tokens):
-            token, logprob = sample(logits, temperature, top_k, top_p, generator)  # (n,), (n,)
+            banned = stop_ids if step < min_new_tokens and len(stop_ids) else None
+            token, logprob = sample(logits, temperature, top_k, top_p, generator, banned)
             if all_rows:  # a plain column write is cheaper than scattering into `rows`
                 tokens[:, step] = token
                 logprobs[:, step] = logprob
@@ -127,7 +135,8 @@ class Engine:
                 tokens[rows, step] = token
                 logprobs[rows, step] = logprob
 
-            if len(stop_ids) or stop_seqs:  # else every row runs to max_new_tokens
+            # Without stops every row runs to max_new_tokens; none ends before min_new_tokens.
+            if (len(stop_ids) or stop_seqs) and step >= min_new_tokens:
                 if one_stop_id is not None:
                     hit = token == one_stop_id
                 elif len(stop_ids):
@@ -201,16 +210,19 @@ def sample(
     top_k: int,
     top_p: float,
     generator: torch.Generator | None,
+    banned: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw one token per row of logits (n, V); return the tokens (n,) and their logprobs (n,)
-    under softmax(logits / temperature) before truncation (raw logits when greedy)."""
+    under softmax(logits / temperature) before truncation (raw logits when greedy). Token ids
+    in `banned` are never drawn (a truncation like top-k: their mass is not in the logprobs)."""
     if temperature == 0:
-        token = logits.argmax(-1)
+        allowed = logits if banned is None else logits.index_fill(-1, banned, float("-inf"))
+        token = allowed.argmax(-1)
         logprob = F.log_softmax(logits, -1).gather(-1, token[:, None]).squeeze(-1)
         return token, logprob
     # (x / 1.0 == x exactly: skip the copy at temperature 1.)
     logp = F.log_softmax(logits / temperature if temperature != 1.0 else logits, -1)  # (n, V)
-    truncated = logp
+    truncated = logp if banned is None else logp.index_fill(-1, banned, float("-inf"))
     if 0 < top_k < logp.shape[-1]:
         kth = logp.topk(top_k, dim=-1).values[:, -1:]  # (n, 1)
         truncated = truncated.masked_fill(truncated < kth, float("-inf"))

@@ -90,6 +90,7 @@ def rollout(
     policy_version: int = 0,
     think: bool | None = None,
     ignore_eos: bool = False,
+    min_new_tokens: int = 0,
 ) -> list[Episode]:
     """Sample `num_samples` completions per problem and score each; group-major order.
 
@@ -121,6 +122,7 @@ def rollout(
         top_p=top_p,
         top_k=top_k,
         stop_token_ids=[] if ignore_eos else tokenizer.stop_ids,
+        min_new_tokens=min_new_tokens,
         generator=generator,
         on_complete=verify_now,
     )

@@ -562,6 +562,7 @@ def grpo(
                         num_samples=g.group_size, max_new_tokens=g.max_new_tokens,
                         temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
                         generator=generator, policy_version=step - 1, ignore_eos=g.ignore_eos,
+                        min_new_tokens=g.min_new_tokens,
                     )  # fmt: skip
                 batches_drawn, rounds = batches_drawn + 1, rounds + 1
                 sampled += new

@@ -43,6 +43,7 @@ def test_overrides_are_typed(tmp_path):
         (["--grpo.group_size", "1"], ["grpo.group_size", "at least 2"]),
         (["--grpo.num_minibatches", "3"], ["grpo.num_minibatches"]),
         (["--grpo.epsilon", "1.5"], ["grpo.epsilon"]),
+        (["--grpo.min_new_tokens", "65"], ["grpo.min_new_tokens", "grpo.max_new_tokens"]),
         (["--task.name", "chess"], ["task.name", "arithmetic"]),
         (["--model.num_key_value_heads", "3"], ["num_key_value_heads"]),
         (["--grpo", "1"], ["grpo", "table"]),

@@ -168,6 +168,45 @@ def test_stop_sequence_ends_a_completion_and_is_included():
     assert c.token_ids == greedy[:end] and c.finish_reason == "stop"
 
 
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_min_new_tokens_masks_the_stop_tokens_until_then(temperature):
+    # The eos model puts nearly all mass on eos: with min_new_tokens 5, the first 5 tokens
+    # are drawn from the rest of the distribution, the 6th is eos and ends the completion.
+    eos = 7
+    model = eos_model(eos)
+    gen = torch.Generator().manual_seed(0)
+    completions = generate(
+        model, num_samples=3, stop_token_ids=[eos], min_new_tokens=5, temperature=temperature,
+        generator=gen,
+    )  # fmt: skip
+    with torch.inference_mode():
+        for c in completions:
+            assert len(c.token_ids) == 6 and c.finish_reason == "stop"
+            assert eos not in c.token_ids[:5] and c.token_ids[5] == eos
+            # Logprobs are those of the unmasked distribution, as the learner computes them.
+            prompt = PROMPTS[c.prompt_index]
+            logits = model(torch.tensor([prompt + c.token_ids]))[0, len(prompt) - 1 : -1]
+            expected = torch.log_softmax(logits, -1).gather(-1, torch.tensor(c.token_ids)[:, None])
+            torch.testing.assert_close(torch.tensor(c.logprobs), expected.squeeze(-1), atol=1e-4, rtol=0)
+            assert max(c.logprobs[:5]) < -5  # masked steps drew unlikely tokens
+
+
+def test_min_new_tokens_defers_stop_sequences():
+    model = tiny_model()
+    greedy = naive_greedy(model, PROMPTS[1], 12)
+    [plain] = generate(model, prompts=[PROMPTS[1]], max_new_tokens=12, temperature=0.0,
+                       stop_sequences=[greedy[:2]])  # fmt: skip
+    assert plain.token_ids == greedy[:2]
+    [late] = generate(model, prompts=[PROMPTS[1]], max_new_tokens=12, temperature=0.0,
+                      stop_sequences=[greedy[:2]], min_new_tokens=4)  # fmt: skip
+    assert late.token_ids[:4] == greedy[:4] and len(late.token_ids) > 2
+
+
+def test_min_new_tokens_above_max_is_a_clear_error():
+    with pytest.raises(ValueError, match="min_new_tokens"):
+        generate(tiny_model(), max_new_tokens=4, min_new_tokens=5)
+
+
 def test_top_k_one_equals_greedy():
     model = tiny_model()
     greedy = generate(model, num_samples=2, temperature=0.0)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from rlvr.model import KVCache, ModelConfig, Transformer
+from rlvr.model import KVCache, ModelConfig, Transformer, decode_attention
 
 
 def tiny_config(**overrides) -> ModelConfig:
@@ -91,6 +91,21 @@ def test_incremental_decode_with_cache_equals_full_forward():
         pieces.append(model(ids[:, t : t + 1], cache=cache))
     assert cache.length == 12
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("heads, kv_heads", [(4, 4), (4, 2), (6, 1)])
+def test_decode_attention_equals_sdpa(heads, kv_heads):
+    torch.manual_seed(0)
+    B, S, D = 5, 9, 8
+    q = torch.randn(B, heads, 1, D)
+    k, v = torch.randn(B, kv_heads, S, D), torch.randn(B, kv_heads, S, D)
+    bias = torch.zeros(B, 1, 1, S)
+    bias[1, ..., :4] = float("-inf")  # a left-padded row
+    bias[3, ..., 2] = float("-inf")
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=bias, enable_gqa=heads != kv_heads
+    )
+    torch.testing.assert_close(decode_attention(q, k, v, bias), expected, atol=1e-6, rtol=1e-5)
 
 
 @torch.inference_mode()

@@ -57,6 +57,12 @@ def test_dynamic_sampling_drops_flat_groups_and_logs_it(tmp_path):
         assert 0 <= r["dropped_groups"] <= 2 * r["sampling_rounds"]
 
 
+@pytest.mark.parametrize("length", [["--grpo.ignore_eos", "true"], ["--grpo.min_new_tokens", "12"]])
+def test_forced_length_samples_max_new_tokens(tmp_path, length):
+    rows = train(tmp_path, *length)
+    assert all(r["response_length"] == 12 for r in rows)
+
+
 def test_everything_at_once(tmp_path):
     rows = train(
         tmp_path,
