@@ -1,9 +1,13 @@
 """Sampling speed of rlvr.engine: new tokens per second on a small random model.
 
     python benchmarks/engine_speed.py [--prompts 8] [--samples 8] [--new-tokens 64]
+                                      [--compare-sdpa]
 
 Defaults are one GRPO step of the CPU demo: 8 prompts x 8 samples x 64 new tokens from the
 default ~1.1M-parameter model, fp32, 2 threads, no stop tokens (every row runs to the end).
+`--compare-sdpa` also times the same engine with its one-query decode attention
+(`rlvr.model.decode_attention`, two batched matmuls) swapped for torch's
+scaled_dot_product_attention, alternating run by run, and adds both figures and their ratio.
 Prints one JSON line. Run it alone: 2-thread torch slows down when another process holds a
 core.
 """
@@ -16,9 +20,18 @@ import statistics
 import time
 
 import torch
+import torch.nn.functional as F
 
+import rlvr.model
 from rlvr.engine import Engine
 from rlvr.model import ModelConfig, Transformer
+
+
+def sdpa_decode_attention(q, k, v, bias):
+    """What rlvr.model.decode_attention computes, by torch's SDPA kernel (the comparison)."""
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=bias, enable_gqa=q.shape[1] != k.shape[1]
+    )
 
 
 def main() -> None:
@@ -30,6 +43,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--compare-sdpa", action="store_true")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -60,10 +74,27 @@ def main() -> None:
         )
         return seconds
 
-    for seed in range(2):  # warmup
-        run(seed)
-    seconds = statistics.median(run(seed) for seed in range(args.runs))
+    attentions = {"ours": rlvr.model.decode_attention}
+    if args.compare_sdpa:
+        attentions["sdpa"] = sdpa_decode_attention
+    times: dict[str, list[float]] = {name: [] for name in attentions}
+    for seed in range(args.runs + 2):  # two warm-up runs, then alternate
+        for name, attention in attentions.items():
+            rlvr.model.decode_attention = attention
+            if seed >= 2:
+                times[name].append(run(seed))
+            else:
+                run(seed)
+    rlvr.model.decode_attention = attentions["ours"]
+    seconds = statistics.median(times["ours"])
     new_tokens = args.prompts * args.samples * args.new_tokens
+    extra = {}
+    if args.compare_sdpa:
+        sdpa = new_tokens / statistics.median(times["sdpa"])
+        extra = {
+            "sdpa_new_tokens_per_s": round(sdpa),
+            "ratio_vs_sdpa": round(new_tokens / seconds / sdpa, 3),
+        }
     print(
         json.dumps(
             {
@@ -77,6 +108,7 @@ def main() -> None:
                 "threads": torch.get_num_threads(),
                 "seconds": round(seconds, 4),
                 "new_tokens_per_s": round(new_tokens / seconds),
+                **extra,
             }
         )
     )

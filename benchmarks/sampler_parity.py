@@ -9,10 +9,10 @@ see), 8 samples per prompt, 64 tokens forced by masking EOS, temperature 1.0. tr
 samples with the GenerationConfig TRL's GRPOTrainer builds (left-padded prompts, top_k 0,
 top_p 1.0, min_new_tokens 64); rlvr's Engine with `min_new_tokens = 64`. Each completion is
 graded as in vs_trl.py (the task's verifier on the response up to its first `</answer>`),
-and the model's mean logprob of the sampled tokens is taken (the full forward of
-transformers' model on the unpadded sequence for its samples; the engine's returned
-logprobs for rlvr's). If the two samplers draw from the same distribution, both figures
-agree within sampling noise. Prints one JSON line.
+and the mean logprob of its sampled tokens is taken, on both sides by one full forward of
+transformers' model on the unpadded sequence. Every (seed, batch) pair draws from its own
+seed on both sides. If the two samplers draw from the same distribution, both figures agree
+within sampling noise. Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -66,13 +66,20 @@ def main() -> None:
     )  # fmt: skip
     rewards: dict[str, list[float]] = {"rlvr": [], "transformers": []}
     logprobs: dict[str, list[float]] = {"rlvr": [], "transformers": []}
+
+    def mean_logprob(prompt: list[int], tokens: list[int]) -> float:
+        logits = hf(torch.tensor([prompt + tokens])).logits[0, len(prompt) - 1 : -1]
+        return logits.log_softmax(-1).gather(-1, torch.tensor(tokens)[:, None]).mean().item()
+
+    batches = vs_trl.problem_batches(cfg)
     for seed in range(args.seeds):
-        for problems in vs_trl.problem_batches(cfg):
+        for index, problems in enumerate(batches):
+            stream = seed * len(batches) + index  # its own random numbers, both sides
             prompts = [tokenizer.encode(tokenizer.format_prompt(p.prompt)) for p in problems]
             width = max(map(len, prompts))
             ids = torch.tensor([[tokenizer.pad_id] * (width - len(p)) + p for p in prompts])
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-            torch.manual_seed(seed)
+            torch.manual_seed(stream)
             with torch.inference_mode():
                 out = hf.generate(
                     input_ids=ids.repeat_interleave(SAMPLES, 0),
@@ -83,22 +90,24 @@ def main() -> None:
                     prompt, problem = prompts[row // SAMPLES], problems[row // SAMPLES]
                     text = response_text(tokenizer, tokens)
                     rewards["transformers"].append(task.verify(text, problem).reward)
-                    logits = hf(torch.tensor([prompt + tokens])).logits[0, len(prompt) - 1 : -1]
-                    picked = logits.log_softmax(-1).gather(-1, torch.tensor(tokens)[:, None])
-                    logprobs["transformers"].append(picked.mean().item())
+                    logprobs["transformers"].append(mean_logprob(prompt, tokens))
             completions = engine.generate(
                 prompts, num_samples=SAMPLES, max_new_tokens=TOKENS, min_new_tokens=TOKENS,
                 temperature=1.0, stop_token_ids=tokenizer.stop_ids,
-                generator=torch.Generator().manual_seed(seed),
+                generator=torch.Generator().manual_seed(stream),
             )  # fmt: skip
             for c in completions:
                 text = response_text(tokenizer, c.token_ids)
                 rewards["rlvr"].append(task.verify(text, problems[c.prompt_index]).reward)
-                logprobs["rlvr"].append(statistics.fmean(c.logprobs))
-        print(f"seed {seed}: reward rlvr {statistics.fmean(rewards['rlvr']):.4f} transformers "
-              f"{statistics.fmean(rewards['transformers']):.4f}", file=sys.stderr)  # fmt: skip
+                with torch.inference_mode():
+                    logprobs["rlvr"].append(mean_logprob(prompts[c.prompt_index], c.token_ids))
+        last = slice(-len(batches) * SAMPLES * len(batches[0]), None)  # this seed's completions
+        print(f"seed {seed}: reward rlvr {statistics.fmean(rewards['rlvr'][last]):.4f} "
+              f"transformers {statistics.fmean(rewards['transformers'][last]):.4f}",
+              file=sys.stderr)  # fmt: skip
     n = len(rewards["rlvr"])
-    # Binomial standard error of the difference of two independent means.
+    # Binomial standard error of the difference of two means of independent draws (completions
+    # of one prompt share the prompt, so this is a lower bound on the real spread).
     spread = sum(statistics.fmean(r) * (1 - statistics.fmean(r)) / n for r in rewards.values())
     print(json.dumps({
         "benchmark": "sampler_parity", "init": args.init, "batches": args.batches,

@@ -565,6 +565,11 @@ def validate(cfg: Config) -> None:
     ]:
         need(value >= 0, f"{key} must be 0 or more, got {value}.")
     need(
+        not g.mask_truncated or (not g.ignore_eos and g.min_new_tokens < g.max_new_tokens),
+        "grpo.mask_truncated with a forced length (grpo.ignore_eos, or grpo.min_new_tokens = "
+        "grpo.max_new_tokens) masks every completion out of the loss; turn one of them off.",
+    )
+    need(
         0 <= g.min_new_tokens <= g.max_new_tokens,
         f"grpo.min_new_tokens ({g.min_new_tokens}) must be between 0 and grpo.max_new_tokens "
         f"({g.max_new_tokens}).",

@@ -68,10 +68,10 @@ class Engine:
         temperature 0 is greedy decoding; top_k 0 and top_p 1.0 turn those filters off. A
         completion ends at a stop token, at the end of a stop sequence, or after
         `max_new_tokens` tokens. The first `min_new_tokens` tokens never end a completion:
-        until then the stop tokens are masked out of the sampling distribution (as
-        transformers' min_new_tokens and vLLM's min_tokens do; the returned logprobs stay
-        those of the unmasked distribution) and stop sequences are not checked. The same
-        `generator` seed gives the same completions.
+        until then the stop tokens are masked out of the sampling distribution before top-k
+        and top-p (as transformers' min_new_tokens and vLLM's min_tokens do; the returned
+        logprobs stay those of the unmasked distribution) and stop sequences are not checked
+        (as vLLM does). The same `generator` seed gives the same completions.
         `on_complete(completion)` is called as each one finishes, while the others are still
         decoding (the rollout starts verifying there).
         """
@@ -224,7 +224,7 @@ def sample(
     logp = F.log_softmax(logits / temperature if temperature != 1.0 else logits, -1)  # (n, V)
     truncated = logp if banned is None else logp.index_fill(-1, banned, float("-inf"))
     if 0 < top_k < logp.shape[-1]:
-        kth = logp.topk(top_k, dim=-1).values[:, -1:]  # (n, 1)
+        kth = truncated.topk(top_k, dim=-1).values[:, -1:]  # (n, 1), among allowed tokens
         truncated = truncated.masked_fill(truncated < kth, float("-inf"))
     if top_p < 1.0:
         # Keep the smallest set of most likely tokens whose probability reaches top_p.

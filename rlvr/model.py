@@ -222,9 +222,10 @@ def decode_attention(
 
     The same function as scaled_dot_product_attention, written as two batched matmuls with
     each key/value head's query heads stacked as rows (no copy of the cache per query head):
-    torch's CPU SDPA kernel takes about twice as long on these one-query shapes."""
+    torch's CPU SDPA kernel takes 1.25-1.4x as long on these one-query shapes
+    (`benchmarks/engine_speed.py --compare-sdpa` measures the whole engine both ways)."""
     B, H, _, D = q.shape
-    KV, S = k.shape[1], k.shape[2]
+    KV = k.shape[1]
     scores = torch.matmul(q.reshape(B, KV, H // KV, D), k.transpose(-1, -2))  # (B, KV, g, S)
     scores = scores.mul_(D**-0.5).add_(bias)
     probs = scores.softmax(-1, dtype=torch.float32).to(v.dtype)

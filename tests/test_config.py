@@ -44,6 +44,8 @@ def test_overrides_are_typed(tmp_path):
         (["--grpo.num_minibatches", "3"], ["grpo.num_minibatches"]),
         (["--grpo.epsilon", "1.5"], ["grpo.epsilon"]),
         (["--grpo.min_new_tokens", "65"], ["grpo.min_new_tokens", "grpo.max_new_tokens"]),
+        (["--grpo.mask_truncated", "true", "--grpo.ignore_eos", "true"], ["grpo.mask_truncated"]),
+        (["--grpo.mask_truncated", "true", "--grpo.min_new_tokens", "64"], ["grpo.mask_truncated"]),
         (["--task.name", "chess"], ["task.name", "arithmetic"]),
         (["--model.num_key_value_heads", "3"], ["num_key_value_heads"]),
         (["--grpo", "1"], ["grpo", "table"]),

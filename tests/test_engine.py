@@ -187,19 +187,41 @@ def test_min_new_tokens_masks_the_stop_tokens_until_then(temperature):
             prompt = PROMPTS[c.prompt_index]
             logits = model(torch.tensor([prompt + c.token_ids]))[0, len(prompt) - 1 : -1]
             expected = torch.log_softmax(logits, -1).gather(-1, torch.tensor(c.token_ids)[:, None])
-            torch.testing.assert_close(torch.tensor(c.logprobs), expected.squeeze(-1), atol=1e-4, rtol=0)
+            torch.testing.assert_close(
+                torch.tensor(c.logprobs), expected.squeeze(-1), atol=1e-4, rtol=0
+            )
             assert max(c.logprobs[:5]) < -5  # masked steps drew unlikely tokens
 
 
 def test_min_new_tokens_defers_stop_sequences():
     model = tiny_model()
     greedy = naive_greedy(model, PROMPTS[1], 12)
-    [plain] = generate(model, prompts=[PROMPTS[1]], max_new_tokens=12, temperature=0.0,
-                       stop_sequences=[greedy[:2]])  # fmt: skip
-    assert plain.token_ids == greedy[:2]
-    [late] = generate(model, prompts=[PROMPTS[1]], max_new_tokens=12, temperature=0.0,
-                      stop_sequences=[greedy[:2]], min_new_tokens=4)  # fmt: skip
-    assert late.token_ids[:4] == greedy[:4] and len(late.token_ids) > 2
+    sequence = greedy[3:5]
+
+    def expected_length(minimum):  # the first end of `sequence` after `minimum` tokens
+        ends = [e for e in range(minimum + 1, 13) if greedy[e - 2 : e] == sequence]
+        return ends[0] if ends else 12
+
+    for minimum in range(8):  # 4 and 5 straddle the first occurrence's end (5 tokens)
+        [c] = generate(model, prompts=[PROMPTS[1]], max_new_tokens=12, temperature=0.0,
+                       stop_sequences=[sequence], min_new_tokens=minimum)  # fmt: skip
+        assert c.token_ids == greedy[: expected_length(minimum)], minimum
+    assert expected_length(4) == 5 and expected_length(5) > 5
+
+
+@pytest.mark.parametrize("filters", [dict(top_k=1), dict(top_k=2), dict(top_p=1e-6)])
+def test_min_new_tokens_masks_before_top_k_and_top_p(filters):
+    # eos is every step's most likely token: the filters must pick among the other tokens
+    # (top_k=1 or a tiny top_p: the best non-eos token, i.e. greedy under the same mask).
+    eos = 7
+    model = eos_model(eos)
+    greedy = generate(model, stop_token_ids=[eos], min_new_tokens=5, temperature=0.0)
+    sampled = generate(model, stop_token_ids=[eos], min_new_tokens=5, temperature=1.0,
+                       generator=torch.Generator().manual_seed(0), **filters)  # fmt: skip
+    for g, c in zip(greedy, sampled):
+        assert eos not in c.token_ids[:5] and c.token_ids[5:] == [eos]
+        if filters != dict(top_k=2):
+            assert c.token_ids == g.token_ids
 
 
 def test_min_new_tokens_above_max_is_a_clear_error():
