@@ -67,6 +67,7 @@ def main() -> None:
     rewards: dict[str, list[float]] = {"rlvr": [], "transformers": []}
     logprobs: dict[str, list[float]] = {"rlvr": [], "transformers": []}
 
+    @torch.inference_mode()
     def mean_logprob(prompt: list[int], tokens: list[int]) -> float:
         logits = hf(torch.tensor([prompt + tokens])).logits[0, len(prompt) - 1 : -1]
         return logits.log_softmax(-1).gather(-1, torch.tensor(tokens)[:, None]).mean().item()
@@ -99,8 +100,7 @@ def main() -> None:
             for c in completions:
                 text = response_text(tokenizer, c.token_ids)
                 rewards["rlvr"].append(task.verify(text, problems[c.prompt_index]).reward)
-                with torch.inference_mode():
-                    logprobs["rlvr"].append(mean_logprob(prompts[c.prompt_index], c.token_ids))
+                logprobs["rlvr"].append(mean_logprob(prompts[c.prompt_index], c.token_ids))
         last = slice(-len(batches) * SAMPLES * len(batches[0]), None)  # this seed's completions
         print(f"seed {seed}: reward rlvr {statistics.fmean(rewards['rlvr'][last]):.4f} "
               f"transformers {statistics.fmean(rewards['transformers'][last]):.4f}",

@@ -270,17 +270,17 @@ class Attention(nn.Module):
         k = k * cos + rotate_half(k) * sin
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, num_kv_heads, S, head_dim)
-        if T == 1 and attn_mask is not None:
+        if T == 1 and attn_mask is not None:  # one new token per row: decoding
             y = decode_attention(q, k, v, attn_mask)
-            return self.o_proj(y.reshape(B, 1, -1))
-        y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=attn_mask,
-            is_causal=attn_mask is None,
-            enable_gqa=self.num_kv_heads != self.num_heads,
-        )  # (B, num_heads, T, head_dim)
+        else:
+            y = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=attn_mask,
+                is_causal=attn_mask is None,
+                enable_gqa=self.num_kv_heads != self.num_heads,
+            )  # (B, num_heads, T, head_dim)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 

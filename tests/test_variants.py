@@ -57,10 +57,14 @@ def test_dynamic_sampling_drops_flat_groups_and_logs_it(tmp_path):
         assert 0 <= r["dropped_groups"] <= 2 * r["sampling_rounds"]
 
 
-@pytest.mark.parametrize("length", [["--grpo.ignore_eos", "true"], ["--grpo.min_new_tokens", "12"]])
-def test_forced_length_samples_max_new_tokens(tmp_path, length):
-    rows = train(tmp_path, *length)
-    assert all(r["response_length"] == 12 for r in rows)
+def test_forced_length_samples_max_new_tokens(tmp_path):
+    # Unforced, this random model ends some completions at EOS; either way of forcing the
+    # length makes every completion max_new_tokens long.
+    assert min(r["response_length"] for r in train(tmp_path / "plain")) < 12
+    for name, length in [("ignore", ["--grpo.ignore_eos", "true"]),
+                         ("min", ["--grpo.min_new_tokens", "12"])]:  # fmt: skip
+        rows = train(tmp_path / name, *length)
+        assert all(r["response_length"] == 12 and r["truncated_rate"] == 1.0 for r in rows)
 
 
 def test_everything_at_once(tmp_path):
