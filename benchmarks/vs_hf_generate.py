@@ -1,6 +1,6 @@
 """rlvr's Engine against transformers `generate` on the same Qwen2-architecture checkpoint.
 
-    python benchmarks/vs_hf_generate.py [--threads 2] [--runs 5] [--sizes 1m,6m]
+    python benchmarks/vs_hf_generate.py [--threads 2] [--runs 5] [--sizes 1m,6m] [--device cpu]
 
 For each size, a random Qwen2 model is built in code with transformers, saved, and loaded
 into rlvr with `load_hf_model`; both sides then sample 8 prompts x 8 samples x 128 new
@@ -9,6 +9,7 @@ the same thread count, the same torch settings (one process). One warm-up run ea
 the median of `--runs` alternating runs. Prints one line per size to stderr and one JSON
 line last on stdout; `ratio` is our new tokens/s over theirs (above 1: rlvr is faster),
 with rlvr's default fp32 path (the one that gives the same tokens for the same seed).
+`--device cuda` runs both sides on the GPU (timed to the end of the GPU's work).
 
 Extra column, measured in the same alternation (`--extras`, on by default; it changes float
 rounding, so it is not the headline): `bf16`, rlvr's engine on the model in bfloat16. Run it alone: 2-thread torch slows down when another process holds a core.
@@ -60,8 +61,9 @@ def measure(size: str, args: argparse.Namespace) -> dict:
     """Median new tokens/s of both sides on one model size; prints one line to stderr."""
     new_tokens = args.prompts * args.samples * args.new_tokens
     with tempfile.TemporaryDirectory() as folder:
-        theirs = build_checkpoint(size, folder)
+        theirs = build_checkpoint(size, folder).to(args.device)
         ours, _ = load_hf_model(folder)
+        ours.to(args.device)
     vocab = ours.config.vocab_size
     # Prompts of varied lengths, left-padded on transformers' side as the engine does.
     prompts = [
@@ -70,6 +72,7 @@ def measure(size: str, args: argparse.Namespace) -> dict:
     input_ids = torch.tensor([[0] * (args.prompt_len - len(p)) + p for p in prompts])
     lengths = torch.tensor([len(p) for p in prompts])[:, None]
     attention_mask = (torch.arange(args.prompt_len) >= args.prompt_len - lengths).long()
+    input_ids, attention_mask = input_ids.to(args.device), attention_mask.to(args.device)
     engines = {"ours": Engine(ours, pad_id=0)}
     if args.extras:
         engines["bf16"] = Engine(copy.deepcopy(ours).to(torch.bfloat16), pad_id=0)
@@ -106,6 +109,8 @@ def measure(size: str, args: argparse.Namespace) -> dict:
             pad_token_id=0,
             eos_token_id=None,
         )
+        if out.is_cuda:
+            torch.cuda.synchronize()
         seconds = time.perf_counter() - start
         assert out[:, args.prompt_len :].numel() == new_tokens
         return seconds
@@ -148,6 +153,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--sizes", default="1m,6m", help=f"comma-separated of {list(SIZES)}")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (both sides)")
     parser.add_argument(
         "--extras",
         action=argparse.BooleanOptionalAction,
@@ -172,6 +178,9 @@ def main() -> None:
                 "top_p": 1.0,
                 "dtype": "float32",
                 "threads": torch.get_num_threads(),
+                "device": torch.cuda.get_device_name(args.device)
+                if args.device.startswith("cuda")
+                else "cpu",
                 "runs": args.runs,
                 "warmup_runs": 1,
                 "forced_length": "ours: no stop ids; transformers: min_new_tokens=max_new_tokens",

@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/vs_trl.py [--steps 30] [--warmup 2] [--pretrain-steps 400]
                                           [--betas 0.04,0] [--threads 2] [--init FOLDER]
+                                          [--device cpu]
 
 1. A Qwen2-architecture model of ~1.1M parameters (rlvr's default shape with q/k/v biases)
    is pretrained briefly with rlvr on the demo's arithmetic task (`rlvr.train.pretrain`, the
@@ -31,6 +32,9 @@
 What differs unavoidably: the random streams (the two sides sample different completions
 from the same policy); TRL's timed interval leaves out its data loader's fetch of the
 prompts and its logging, rlvr's its logging.
+
+`--device cuda` runs both sides on the GPU (rlvr: `device = "cuda"`; TRL: use_cpu=False), fp32
+with TF32 off on both; the step timers wait for the GPU's work to end.
 
 Prints one line per setting to stderr and one JSON line last on stdout. Needs the bench extra
 (`pip install -e '.[bench]'`: trl, transformers). Run it alone: 2-thread torch slows down
@@ -63,7 +67,15 @@ from rlvr.rewards import Scorer
 from rlvr.rollout import response_text
 from rlvr.tasks.arithmetic import ArithmeticTask
 from rlvr.tokenizer import ANSWER_CLOSE, CharTokenizer
-from rlvr.train import Checkpointer, ProblemStream, grpo, load_model, pretrain, seed_everything
+from rlvr.train import (
+    Checkpointer,
+    ProblemStream,
+    grpo,
+    load_model,
+    pretrain,
+    resolve_device,
+    seed_everything,
+)
 
 LR = 5e-5
 EPSILON = 0.2
@@ -89,6 +101,7 @@ def config(args: argparse.Namespace, beta: float = 0.04, pretrain_steps: int = 0
         "--grpo.num_iterations", "1", "--grpo.loss_type", "dapo", "--grpo.advantage", "grpo",
         "--grpo.grad_clip", "1.0", "--grpo.weight_decay", "0.0", "--grpo.eval_every", "0",
         "--reward.format_weight", "0.0", "--reward.workers", "0", "--checkpoint.every", "0",
+        "--device", args.device,
     ])  # fmt: skip
 
 
@@ -141,6 +154,7 @@ def run_rlvr(folder: Path, cfg) -> dict:
     """rlvr GRPO on the folder; per-step seconds and rewards from its metrics.jsonl."""
     seed_everything(cfg.seed, cfg.threads)
     policy, tokenizer = load_model(str(folder))
+    policy.to(resolve_device(cfg.device))
     task = make_task(cfg)
     with tempfile.TemporaryDirectory() as tmp:
         with RunLogger(Path(tmp), tensorboard=False) as logger:
@@ -196,6 +210,8 @@ def run_trl(folder: Path, cfg, batches: list) -> dict:
             self.t0 = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
             self.seconds.append(time.perf_counter() - self.t0)
             self.threads.add(torch.get_num_threads())
 
@@ -203,7 +219,7 @@ def run_trl(folder: Path, cfg, batches: list) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         args = GRPOConfig(
             output_dir=tmp, report_to="none", save_strategy="no", logging_steps=1,
-            disable_tqdm=True, use_cpu=True, bf16=False, fp16=False, seed=cfg.seed,
+            disable_tqdm=True, use_cpu=cfg.device == "cpu", bf16=False, fp16=False, seed=cfg.seed,
             model_init_kwargs={"dtype": torch.float32},
             max_steps=g.steps, per_device_train_batch_size=g.num_prompts * g.group_size,
             gradient_accumulation_steps=1, num_generations=g.group_size,
@@ -258,6 +274,7 @@ def main() -> None:
     parser.add_argument("--reward-window", type=int, default=10, help="steps the rewards average")
     parser.add_argument("--betas", default="0.04,0", help="comma-separated KL weights")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (both sides)")
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore")
@@ -298,6 +315,7 @@ def main() -> None:
         "group_size": g.group_size, "completion_tokens": g.max_new_tokens, "forced_length": True,
         "temperature": g.temperature, "lr": g.lr, "epsilon": g.epsilon, "num_iterations": 1,
         "loss_type": g.loss_type, "dtype": "float32", "threads": args.threads,
+        "device": torch.cuda.get_device_name(args.device) if args.device != "cpu" else "cpu",
         "warmup_steps": args.warmup, "steps_timed": args.steps, "statistic": "median",
         "reward": "verifier accuracy, mean over the first/last reward_window steps",
         "reward_window": args.reward_window, "ratio": "trl seconds / rlvr seconds",

@@ -183,4 +183,6 @@ def prune_checkpoints(run_dir: str | Path, keep: int) -> None:
 
 def load_trainer_state(path: str | Path) -> dict:
     """The trainer state of a resumable checkpoint (tensors and plain Python values only)."""
-    return torch.load(Path(path) / TRAINER_STATE, weights_only=True)
+    # On the CPU: a GPU run's state resumes on any machine (the optimizer moves its state
+    # to its parameters' device when it loads it).
+    return torch.load(Path(path) / TRAINER_STATE, map_location="cpu", weights_only=True)

@@ -18,6 +18,7 @@ import datetime
 import difflib
 import inspect
 import math
+import re
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -234,6 +235,9 @@ class Config:
     """Precision of the forward passes (pretraining, GRPO learner and reference, sampling):
     "float32", or "bfloat16" (torch.autocast; the weights, optimizer state, log-probs and
     loss stay float32)."""
+    device: str = "auto"
+    """Where the model trains and samples: "auto" (the first CUDA GPU when torch sees one,
+    else the CPU), "cpu", "cuda" or "cuda:N". Verification always runs on the CPU."""
     plots: bool = True
     """Draw plots/<phase>.png at the end of the run (matplotlib takes a few seconds; the
     same curves are in metrics.jsonl and TensorBoard)."""
@@ -585,6 +589,10 @@ def validate(cfg: Config) -> None:
     need(
         cfg.dtype in ("float32", "bfloat16"),
         f"dtype {cfg.dtype!r} is not one of float32, bfloat16.",
+    )
+    need(
+        re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device) is not None,
+        f"device {cfg.device!r} is not one of auto, cpu, cuda, cuda:N.",
     )
     lora = cfg.lora
     need(lora.rank >= 0, f"lora.rank must be 0 (off) or more, got {lora.rank}.")

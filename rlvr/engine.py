@@ -235,6 +235,8 @@ def sample(
     # Inverse-CDF sampling: one uniform number per row (drawing one per vocabulary entry,
     # as Gumbel-max does, costs more than the rest of the step's sampling together).
     cdf = truncated.exp().cumsum(-1)  # (n, V), unnormalized after truncation
-    u = torch.rand((len(cdf), 1), generator=generator, device=cdf.device) * cdf[:, -1:]
+    # Drawn where the generator lives (a CPU generator gives the same stream on any device).
+    where = generator.device if generator is not None else cdf.device
+    u = torch.rand((len(cdf), 1), generator=generator, device=where).to(cdf.device) * cdf[:, -1:]
     token = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
     return token, logp.gather(-1, token[:, None]).squeeze(-1)

@@ -100,6 +100,27 @@ def seed_everything(seed: int, threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def resolve_device(name: str) -> torch.device:
+    """cfg.device as a torch.device: "auto" is the first CUDA GPU when torch sees one, else
+    the CPU. A GPU that is not there is a ConfigError before any work starts."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(
+                f"device = {name!r}, but this torch ({torch.__version__}) sees no CUDA GPU; "
+                'install a CUDA build of torch (README: "GPU users") or set device = "cpu".'
+            )
+        if (device.index or 0) >= count:
+            raise ConfigError(
+                f"device = {name!r}, but torch sees {count} CUDA GPU(s) (cuda:0 to "
+                f"cuda:{count - 1}); pick one of those."
+            )
+    return device
+
+
 def make_run_dir(cfg: Config, resume: bool = False) -> Path:
     if cfg.run_dir:
         path = Path(cfg.run_dir)
@@ -350,6 +371,7 @@ def pretrain(
 ) -> None:
     """Next-token training on synthetic solutions, from random weights (or a checkpoint)."""
     p = cfg.pretrain
+    device = next(model.parameters()).device
     rng = random.Random(cfg.seed + 1)
     optimizer = make_optimizer(model, p.lr, p.weight_decay)
     first, bad_in_row = 1, 0
@@ -363,10 +385,11 @@ def pretrain(
     with progress_bar("pretrain", p.steps, done=first - 1) as advance:
         for step in range(first, p.steps + 1):
             # Right padding needs no attention mask: causal attention never looks ahead.
-            batches = pretrain_batch(task, tokenizer, rng, cfg, step)
+            batches = [(ids.to(device), mask.to(device))
+                       for ids, mask in pretrain_batch(task, tokenizer, rng, cfg, step)]  # fmt: skip
             num_targets = sum(mask.sum() for _, mask in batches)
             optimizer.zero_grad(set_to_none=True)
-            loss = torch.zeros(())
+            loss = torch.zeros((), device=device)
             for ids, mask in batches:
                 with autocast(cfg, model):
                     logits = model(ids[:, :-1])  # (b, T-1, V), float32
@@ -513,6 +536,7 @@ def grpo(
     `before` (the evaluation before GRPO) is stored in each checkpoint for the run summary.
     """
     g = cfg.grpo
+    device = next(policy.parameters()).device
     lora = cfg.lora.rank > 0
     if lora:  # only the adapters train; the reference is the policy with them turned off
         trainable = inject_lora(policy, cfg.lora)
@@ -531,6 +555,8 @@ def grpo(
             load_adapter_state(policy, resume.get("lora"))
         if "torch_rng" in resume:  # LoRA dropout draws from it
             torch.set_rng_state(resume["torch_rng"])
+        if resume.get("cuda_rng") is not None and device.type == "cuda":
+            torch.cuda.set_rng_state(resume["cuda_rng"], device)
         optimizer.load_state_dict(resume["optimizer"])
         generator.set_state(resume["generator"])
         shuffle.set_state(resume["shuffle"])
@@ -581,8 +607,11 @@ def grpo(
                 # 3. The learner's batch; reference logprobs once per batch.
                 batch = make_batch(episodes, tokenizer.pad_id)
                 batch["advantages"] = advantages
+                batch = {key: value.to(device) for key, value in batch.items()}
                 if g.mask_truncated:
-                    truncated = torch.tensor([ep.finish_reason == "length" for ep in episodes])
+                    truncated = torch.tensor(
+                        [ep.finish_reason == "length" for ep in episodes], device=device
+                    )
                     batch["completion_mask"] = mask_truncated(batch["completion_mask"], truncated)
                 with torch.no_grad():
                     if g.beta > 0:  # the frozen copy; with LoRA, the policy without adapters
@@ -612,8 +641,10 @@ def grpo(
                     order = torch.randperm(num_groups, generator=shuffle)
                     for group_ids in order.chunk(g.num_minibatches):
                         rows = (
-                            group_ids[:, None] * g.group_size + torch.arange(g.group_size)
-                        ).flatten()
+                            (group_ids[:, None] * g.group_size + torch.arange(g.group_size))
+                            .flatten()
+                            .to(device)
+                        )
                         mb = {k: v[rows] for k, v in batch.items()}
                         with autocast(cfg, policy):  # logits and logprobs come out float32
                             logprobs, logits = sequence_logprobs(policy, mb, g.temperature)
@@ -697,6 +728,7 @@ def grpo(
                     "reference": reference.state_dict() if reference is not None else None,
                     "lora": adapter_state(policy) if lora else None,
                     "torch_rng": torch.get_rng_state(), "before": before or {},
+                    "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                 })  # fmt: skip
             if stop and step < g.steps:
                 raise StopRequested(f"GRPO step {step}", str(checkpointer.run_dir))
@@ -717,6 +749,7 @@ def run(cfg: Config, resume: bool = False) -> tuple[Path, dict]:
     """
     t_start = time.perf_counter()
     seed_everything(cfg.seed, cfg.threads)
+    device = resolve_device(cfg.device)
     loaded = None  # --model / init_from: loaded and checked before the run folder exists
     if cfg.init_from and not resume:
         loaded = load_checkpoint(cfg.init_from)[:2]
@@ -770,7 +803,11 @@ def run(cfg: Config, resume: bool = False) -> tuple[Path, dict]:
                 "system_prompt is set but the model uses rlvr's character tokenizer, whose "
                 'prompt format has none; set system_prompt = "" or train a Hugging Face model.'
             )
+        policy.to(device)
+        if device.type != "cpu":
+            console.print(f"device: {device} ({torch.cuda.get_device_name(device)})")
         checkpointer = Checkpointer(run_dir, cfg, tokenizer)
+        summary["device"] = str(device)
         summary["num_parameters"] = policy.num_parameters()
 
         in_grpo = state is not None and state["phase"] == "grpo"
