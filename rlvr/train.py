@@ -756,8 +756,11 @@ def run(cfg: Config, resume: bool = False) -> tuple[Path, dict]:
     elif cfg.model_path and not resume:
         loaded = load_model(cfg.model_path)
         check_targets(loaded[0], cfg.lora)
-        if isinstance(loaded[0], Transformer):  # config.toml records the architecture
-            cfg.model = copy.deepcopy(loaded[0].config)
+    # config.toml and every checkpoint's rlvr_config.toml record the model's real architecture
+    if loaded and isinstance(loaded[0], Transformer):
+        cfg.model = copy.deepcopy(loaded[0].config)
+    elif not (resume or cfg.init_from or cfg.model_path):
+        cfg.model.vocab_size = CharTokenizer().vocab_size  # a from-scratch model's vocabulary
     run_dir = make_run_dir(cfg, resume)
     cfg.run_dir = str(run_dir)
     task = make_task(cfg)
@@ -785,6 +788,8 @@ def run(cfg: Config, resume: bool = False) -> tuple[Path, dict]:
                         system_prompt=system_prompt(cfg))  # fmt: skip
         if state:
             policy, tokenizer, _, _ = load_checkpoint(start)
+            if isinstance(policy, Transformer):  # (run folders of older versions lack it)
+                cfg.model = copy.deepcopy(policy.config)
         elif cfg.init_from:
             policy, tokenizer = loaded or load_checkpoint(cfg.init_from)[:2]
             console.print(f"loaded {cfg.init_from}")
@@ -795,7 +800,6 @@ def run(cfg: Config, resume: bool = False) -> tuple[Path, dict]:
             )
         else:
             tokenizer = CharTokenizer()
-            cfg.model.vocab_size = tokenizer.vocab_size
             policy = Transformer(cfg.model)
             console.print(f"model: {policy.num_parameters() / 1e6:.2f}M parameters")
         if scorer.system_prompt and isinstance(tokenizer, CharTokenizer):

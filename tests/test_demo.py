@@ -21,11 +21,14 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
+    """One tiny demo run that the tests below read (each test works alone, e.g. under xdist)."""
     out = tmp_path_factory.mktemp("demo") / "run"
+    assert main(["demo", "--out", str(out), *TINY]) == 0
     return out
 
 
-def test_demo_writes_a_complete_run_folder(demo_run, capsys):
+def test_demo_writes_a_complete_run_folder(tmp_path, capsys):
+    demo_run = tmp_path / "run"
     assert main(["demo", "--out", str(demo_run), *TINY]) == 0
     stdout = capsys.readouterr().out.strip().splitlines()
     assert stdout[-1] == str(demo_run)  # the last line printed is the run folder

@@ -41,7 +41,7 @@ from rlvr.checkpoint import (
     prune_checkpoints,
 )
 from rlvr.cli import main
-from rlvr.config import ConfigError
+from rlvr.config import ConfigError, load_config
 from rlvr.tasks import TASKS
 
 TESTS = Path(__file__).resolve().parent
@@ -87,10 +87,14 @@ def without_timing(rows: list[dict]) -> list[dict]:
 
 
 def assert_same_run(run: Path, baseline: Path) -> None:
-    """The same metrics on every non-timing field and bitwise the same final weights."""
+    """The same metrics on every non-timing field, bitwise the same final weights, and the
+    resumed run's final folder and checkpoints load (their configs name the real model)."""
     assert without_timing(records(run)) == without_timing(records(baseline))
     final = "checkpoint/model.safetensors"
     assert (run / final).read_bytes() == (baseline / final).read_bytes()
+    for folder in [run / "checkpoint", *sorted((run / "checkpoints").iterdir())]:
+        model, tokenizer, cfg, _ = load_checkpoint(folder)
+        assert cfg.model == model.config and cfg.model.vocab_size == tokenizer.vocab_size
 
 
 def all_finite(rows: list[dict]) -> bool:
@@ -635,6 +639,10 @@ def test_a_bad_init_from_leaves_no_run_behind(baseline, tmp_path):
     argv = ["train", SMOKE, "--out", str(out), *TINY, *SHORT, "--pretrain.steps", "0"]
     assert main([*argv, "--init_from", str(bad)]) == 2
     assert main([*argv, "--init_from", str(baseline / "checkpoint")]) == 0  # fixed: it runs
+    # what it wrote loads, its configs naming the model it started from
+    model, _, cfg, _ = load_checkpoint(out / "checkpoint")
+    assert cfg.model == model.config == load_checkpoint(baseline / "checkpoint")[0].config
+    assert load_config(out / "config.toml").model == model.config
 
 
 def tokenizer_without_think(baseline: Path, folder: Path, where: tuple[str, ...]) -> Path:
