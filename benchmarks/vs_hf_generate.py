@@ -9,7 +9,8 @@ the same thread count, the same torch settings (one process). One warm-up run ea
 the median of `--runs` alternating runs. Prints one line per size to stderr and one JSON
 line last on stdout; `ratio` is our new tokens/s over theirs (above 1: rlvr is faster),
 with rlvr's default fp32 path (the one that gives the same tokens for the same seed).
-`--device cuda` runs both sides on the GPU (timed to the end of the GPU's work).
+`--device cuda` runs both sides on the GPU (timed to the end of the GPU's work); rlvr decodes
+through a CUDA graph there, and the extra column `eager` is rlvr without it.
 
 Extra column, measured in the same alternation (`--extras`, on by default; it changes float
 rounding, so it is not the headline): `bf16`, rlvr's engine on the model in bfloat16. Run it alone: 2-thread torch slows down when another process holds a core.
@@ -76,6 +77,8 @@ def measure(size: str, args: argparse.Namespace) -> dict:
     engines = {"ours": Engine(ours, pad_id=0)}
     if args.extras:
         engines["bf16"] = Engine(copy.deepcopy(ours).to(torch.bfloat16), pad_id=0)
+        if args.device.startswith("cuda"):  # what the CUDA graph is worth
+            engines["eager"] = Engine(ours, pad_id=0, decode="eager")
 
     def run_ours(seed: int, engine: Engine) -> float:
         generator = torch.Generator().manual_seed(seed)
@@ -158,7 +161,7 @@ def main() -> None:
         "--extras",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="also measure rlvr on the model in bfloat16",
+        help="also measure rlvr on the model in bfloat16 (and on a GPU without CUDA graphs)",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -165,6 +165,7 @@ def run_rlvr(folder: Path, cfg) -> dict:
     assert all(r["response_length"] == cfg.grpo.max_new_tokens for r in rows)
     return {
         "step_seconds": [r["step_seconds"] for r in rows],
+        "sample_seconds": [r["sample_seconds"] for r in rows],
         "rewards": [r["accuracy"] for r in rows],
         "threads": torch.get_num_threads(),
     }
@@ -251,8 +252,10 @@ def run_trl(folder: Path, cfg, batches: list) -> dict:
 def summarize(side: dict, args: argparse.Namespace) -> dict:
     timed = side["step_seconds"][args.warmup :]
     window = args.reward_window
+    sampling = side.get("sample_seconds", [])[args.warmup :]
     return {
         "seconds_per_step": round(statistics.median(timed), 4),
+        **({"sample_seconds_per_step": round(statistics.median(sampling), 4)} if sampling else {}),
         "steps_timed": len(timed),
         "reward_first": round(statistics.mean(side["rewards"][:window]), 4),
         "reward_last": round(statistics.mean(side["rewards"][-window:]), 4),

@@ -2,8 +2,11 @@
 
 Each distinct prompt is prefilled once (prompts left-padded into one batch), its cache is
 copied into `num_samples` rows, and all rows then decode together, one token per step.
-Rows that finish are dropped from the batch when enough of them have, so late steps do
-not pay for finished sequences.
+On the CPU, rows that finish are dropped from the batch when enough of them have, so late
+steps do not pay for finished sequences. On a GPU, a small model's decode step costs the
+launches of its ~20 kernels per layer more than their arithmetic, so rlvr's model decodes
+there through a CUDA graph: the step is captured once per call, on fixed shapes, and
+replayed as one launch per token (finished rows ride along until all rows are done).
 
     engine = Engine(model, pad_id=0)
     completions = engine.generate([[5, 6, 7], [8, 9]], num_samples=4, max_new_tokens=32,
@@ -15,6 +18,7 @@ Run `python benchmarks/engine_speed.py` for its speed.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -43,9 +47,15 @@ class Completion:
 class Engine:
     """Samples completions from a `Transformer`; prompts and outputs are token id lists."""
 
-    def __init__(self, model: Transformer, pad_id: int):
+    def __init__(self, model: Transformer, pad_id: int, decode: str = "auto"):
+        """decode: "auto" (a CUDA graph for rlvr's model on a GPU, "eager" otherwise),
+        "eager" (one forward per step, finished rows dropped), or "static" (the fixed-shape
+        step a graph replays, run without one: on any device, for tests)."""
+        if decode not in ("auto", "eager", "static"):
+            raise ValueError(f"decode {decode!r} is not one of auto, eager, static.")
         self.model = model
         self.pad_id = pad_id
+        self.decode = decode
 
     @torch.inference_mode()
     def generate(
@@ -120,6 +130,10 @@ class Engine:
         lengths = torch.full((num_rows,), max_new_tokens, dtype=torch.long, device=device)
         stopped = torch.zeros(num_rows, dtype=torch.bool, device=device)  # ended by a stop
 
+        fixed = isinstance(model, Transformer) and (
+            self.decode == "static" or (self.decode == "auto" and device.type == "cuda")
+        )
+        step_fn = None  # the fixed-shape decode step (made at the first step that needs it)
         rows = torch.arange(num_rows, device=device)  # original row of each active row
         all_rows = True  # no row dropped yet: `rows` is every row, in order
         done = torch.zeros(num_rows, dtype=torch.bool, device=device)  # per active row
@@ -162,7 +176,7 @@ class Engine:
                         break
                     # Drop finished rows once they are a quarter of the batch: select_rows
                     # copies the whole cache, so compacting on every finish would not pay.
-                    if int(done.sum()) * 4 >= len(done):
+                    if not fixed and int(done.sum()) * 4 >= len(done):
                         keep = (~done).nonzero().squeeze(1)
                         rows, done, token = rows[keep], done[keep], token[keep]
                         all_rows = False
@@ -170,7 +184,12 @@ class Engine:
                         cache.select_rows(keep)
             if step + 1 == max_new_tokens:
                 break
-            logits = model(token[:, None], position_ids=position, cache=cache)[:, -1]
+            if fixed:
+                if step_fn is None:
+                    step_fn = FixedShapeDecode(model, cache, graph=self.decode == "auto")
+                logits = step_fn(token, position)
+            else:
+                logits = model(token[:, None], position_ids=position, cache=cache)[:, -1]
             position = position + 1
 
         if on_complete is not None:
@@ -202,6 +221,55 @@ class Engine:
             logprobs=logprobs[row, :length].tolist(),
             finish_reason=reason,
         )
+
+
+class FixedShapeDecode:
+    """Decode steps of rlvr's model on a fixed-shape cache (`Transformer.decode_step`): with
+    graph=True captured once as a CUDA graph and replayed for every step (inputs copied into
+    its static buffers), else run eagerly (the same kernels, on any device)."""
+
+    def __init__(self, model: Transformer, cache, graph: bool):
+        self.model, self.cache = model, cache
+        cache.make_static(model.model.embed_tokens.weight.dtype)
+        rows, device = cache.batch_size, cache.mask.device
+        self.token = torch.zeros((rows, 1), dtype=torch.long, device=device)
+        self.position = torch.zeros((rows, 1), dtype=torch.long, device=device)
+        self.graph = self._capture() if graph else None
+
+    def _capture(self) -> torch.cuda.CUDAGraph:
+        # Under autocast, the weights' bf16 copies must be made inside the graph, not taken
+        # from autocast's cache (which is emptied when the autocast region ends).
+        kind = self.cache.mask.device.type
+        precision = (
+            torch.autocast(kind, dtype=torch.get_autocast_dtype(kind), cache_enabled=False)
+            if torch.is_autocast_enabled(kind)
+            else nullcontext()
+        )
+        with precision:
+            # Warm up on a side stream (kernel choices, allocator blocks), then capture. Both
+            # write the slot the first real step writes again, so they change nothing.
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    self.model.decode_step(self.token, self.position, self.cache)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self.logits = self.model.decode_step(self.token, self.position, self.cache)
+        return graph
+
+    def __call__(self, token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        """Logits (N, V) after feeding token (N,) at position (N, 1); advances the slot."""
+        self.token.copy_(token[:, None])
+        self.position.copy_(position)
+        if self.graph is None:
+            logits = self.model.decode_step(self.token, self.position, self.cache)
+        else:
+            self.graph.replay()
+            logits = self.logits
+        self.cache.slot.add_(1)
+        return logits
 
 
 def sample(

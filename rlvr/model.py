@@ -140,6 +140,9 @@ class KVCache:
         # The same mask as an additive attention bias (0 real, -inf padding), kept up to date
         # from the first one-token step on, so decoding does not rebuild it every step.
         self.bias: torch.Tensor | None = None
+        # Fixed-shape decoding (`make_static`): the slot the next token is written to, as a
+        # (1,) tensor on the cache's device; None otherwise.
+        self.slot: torch.Tensor | None = None
 
     @classmethod
     def create(
@@ -173,6 +176,10 @@ class KVCache:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write (B, num_kv_heads, T, head_dim) keys/values after the filled slots; return all
         keys/values up to and including them. `Transformer.forward` advances `length`."""
+        if self.slot is not None:  # fixed shapes: write at the device-side slot, return all
+            self.k[layer].index_copy_(2, self.slot, k)
+            self.v[layer].index_copy_(2, self.slot, v)
+            return self.k[layer], self.v[layer]
         start, end = self.length, self.length + k.shape[2]
         keys, values = self.k[layer], self.v[layer]
         keys.narrow(2, start, end - start).copy_(k)
@@ -194,6 +201,16 @@ class KVCache:
         self.mask = fn(self.mask)
         if self.bias is not None:
             self.bias = fn(self.bias)
+
+    def make_static(self, dtype: torch.dtype) -> None:
+        """Switch to fixed-shape decoding from slot `length` on (`Transformer.decode_step`):
+        each step writes its keys/values at the device tensor `slot` and attends over all
+        max_len slots, the unwritten ones masked out by the bias, so that every step runs
+        the same kernels on the same memory (what a CUDA graph needs). Rows are not dropped
+        from then on."""
+        self.slot = torch.tensor([self.length], device=self.mask.device)
+        self.bias = torch.zeros(self.mask.shape, dtype=dtype, device=self.mask.device)
+        self.bias.masked_fill_(~self.mask, float("-inf"))
 
     def decode_bias(self, dtype: torch.dtype) -> torch.Tensor:
         """Mark slot `length` real and return the additive bias of slots [0, length]:
@@ -426,12 +443,23 @@ class Transformer(nn.Module):
 
         return self._forward_layers(input_ids, position_ids, attn_mask, cache, end)
 
+    def decode_step(
+        self, token: torch.Tensor, position: torch.Tensor, cache: KVCache
+    ) -> torch.Tensor:
+        """Logits (B, vocab_size), float32, of one new token per row (token and position:
+        (B, 1)) on a cache in fixed-shape mode (`KVCache.make_static`). The token goes into
+        slot `cache.slot`, which the caller advances; nothing on the Python side changes,
+        so a CUDA graph can capture this call once and replay it for every step."""
+        cache.bias.index_fill_(1, cache.slot, 0.0)  # the new slot holds a real token
+        bias = cache.bias[:, None, None, :]  # (B, 1, 1, max_len)
+        return self._forward_layers(token, position, bias, cache, end=None)[:, -1]
+
     def _forward_layers(self, input_ids, position_ids, attn_mask, cache, end) -> torch.Tensor:
         x = self.model.embed_tokens(input_ids)  # (B, T, hidden_size)
         cos = self.rope_cos[position_ids].to(x.dtype)[:, None]  # (B, 1, T, head_dim)
         sin = self.rope_sin[position_ids].to(x.dtype)[:, None]
         for i, block in enumerate(self.model.layers):
             x = block(x, cos, sin, attn_mask, cache, i)
-        if cache is not None:
+        if cache is not None and end is not None:
             cache.length = end
         return self.lm_head(self.model.norm(x)).float()

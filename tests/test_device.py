@@ -119,21 +119,45 @@ def test_logits_on_the_gpu_equal_the_cpu():
 
 
 @cuda
-def test_engine_on_the_gpu_samples_what_the_cpu_samples():
+@pytest.mark.parametrize("gpu_decode, cpu_decode", [("auto", "static"), ("eager", "eager")])
+def test_engine_on_the_gpu_samples_what_the_cpu_samples(gpu_decode, cpu_decode):
     """Greedy, and sampled from the same seeded CPU generator (temperature 1, top-p), with
-    stop tokens, so rows finish early and the batch is compacted on the GPU."""
+    stop tokens, so rows finish early. On the GPU, "auto" replays the decode step as a CUDA
+    graph; it matches the same fixed-shape step on the CPU ("static"), and eager matches
+    eager (which drops finished rows, and so draws a different random stream)."""
     prompts = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14, 15, 16, 17, 18, 19]]
     results = {}
-    for device in ("cpu", "cuda"):
-        engine = Engine(tiny_model().to(device), pad_id=0)
+    for device, decode in (("cpu", cpu_decode), ("cuda", gpu_decode)):
+        engine = Engine(tiny_model().to(device), pad_id=0, decode=decode)
         greedy = engine.generate(prompts, max_new_tokens=24, temperature=0.0)
         sampled = engine.generate(prompts, num_samples=8, max_new_tokens=24, top_p=0.95,
                                   stop_token_ids=[3], generator=torch.Generator().manual_seed(0))  # fmt: skip
+        again = engine.generate(prompts, num_samples=8, max_new_tokens=24, top_p=0.95,
+                                stop_token_ids=[3], generator=torch.Generator().manual_seed(0))  # fmt: skip
+        assert [c.token_ids for c in again] == [c.token_ids for c in sampled]  # a new graph
         results[device] = (greedy, sampled)
     for a, b in zip(*(greedy + sampled for greedy, sampled in results.values())):
         assert a.token_ids == b.token_ids and a.finish_reason == b.finish_reason
         torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4, rtol=0)  # fmt: skip
     assert any(c.finish_reason == "stop" for c in results["cuda"][1])
+
+
+@cuda
+@torch.inference_mode()
+def test_cuda_graph_under_bf16_autocast_and_on_a_bf16_model():
+    """Under autocast the graph makes its own bf16 copies of the weights (autocast's cache
+    is off while capturing); it gives the tokens the same step gives without a graph."""
+    model = tiny_model().cuda()
+    prompts = [[5, 6, 7, 8, 9], [10, 11]]
+    for context, m in ((torch.autocast("cuda", dtype=torch.bfloat16), model),
+                       (torch.autocast("cuda", enabled=False), tiny_model().cuda().bfloat16())):  # fmt: skip
+        with context:
+            out = {decode: Engine(m, pad_id=0, decode=decode).generate(
+                prompts, num_samples=4, max_new_tokens=16, temperature=0.0)
+                for decode in ("auto", "static")}  # fmt: skip
+        for a, b in zip(out["auto"], out["static"]):
+            assert a.token_ids == b.token_ids
+            torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-3, rtol=0)  # fmt: skip
 
 
 @cuda

@@ -1,4 +1,12 @@
-"""The sampling engine against a naive decode loop (full forward, no cache, every step)."""
+"""The sampling engine against a naive decode loop (full forward, no cache, every step).
+
+Every test runs on both decode paths: "eager" (one forward per step; finished rows are dropped)
+and "static" (the fixed-shape step that a CUDA graph captures and replays on a GPU, here run
+without one; tests/test_device.py runs the graph itself where there is a GPU).
+"""
+
+import sys
+from functools import partial
 
 import pytest
 import torch
@@ -8,6 +16,12 @@ from rlvr.model import ModelConfig, Transformer
 
 PAD = 0
 PROMPTS = [[3, 4, 5, 6, 7], [8, 9], [10, 11, 12, 13, 14, 15, 16, 17]]
+
+
+@pytest.fixture(autouse=True, params=["eager", "static"])
+def decode(request, monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "Engine", partial(Engine, decode=request.param))
+    return request.param
 
 
 def tiny_model(seed: int = 0, **overrides) -> Transformer:
@@ -245,3 +259,33 @@ def test_uses_the_model_dtype():
     model = tiny_model().to(torch.bfloat16)
     completions = generate(model, num_samples=2, temperature=0.0, max_new_tokens=5)
     assert all(len(c.token_ids) == 5 for c in completions)
+
+
+def test_static_decode_matches_eager():
+    """The fixed-shape step (attention over every slot of the cache, unwritten ones masked;
+    no rows dropped) gives the same tokens and logprobs as eager decoding: greedy with a stop
+    token (eager drops the finished rows, static keeps them), and sampled with top-p. (With
+    stops, sampled streams part once eager drops rows: it then draws fewer numbers a step.)"""
+    model = tiny_model(seed=3)
+    stop = naive_greedy(model, PROMPTS[0], 4)[2]
+    settings = [
+        dict(temperature=0.0, stop_token_ids=[stop]),
+        dict(top_p=0.9, min_new_tokens=2, generator=torch.Generator().manual_seed(5)),
+    ]
+    for kwargs in settings:
+        runs = {}
+        for mode in ("eager", "static"):
+            if "generator" in kwargs:
+                kwargs["generator"].manual_seed(5)
+            engine = Engine.func(model, pad_id=PAD, decode=mode)
+            runs[mode] = engine.generate(PROMPTS, num_samples=4, max_new_tokens=20, **kwargs)
+        if "stop_token_ids" in kwargs:
+            assert any(c.finish_reason == "stop" for c in runs["eager"])
+        for a, b in zip(runs["eager"], runs["static"]):
+            assert (a.token_ids, a.finish_reason) == (b.token_ids, b.finish_reason)
+            torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5, rtol=0)  # fmt: skip
+
+
+def test_unknown_decode_mode_is_a_clear_error():
+    with pytest.raises(ValueError, match="decode 'graph' is not one of auto, eager, static"):
+        Engine.func(tiny_model(), pad_id=PAD, decode="graph")
