@@ -18,7 +18,6 @@ Run `python benchmarks/engine_speed.py` for its speed.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -48,9 +47,10 @@ class Engine:
     """Samples completions from a `Transformer`; prompts and outputs are token id lists."""
 
     def __init__(self, model: Transformer, pad_id: int, decode: str = "auto"):
-        """decode: "auto" (a CUDA graph for rlvr's model on a GPU, "eager" otherwise),
-        "eager" (one forward per step, finished rows dropped), or "static" (the fixed-shape
-        step a graph replays, run without one: on any device, for tests)."""
+        """decode: "auto" (a CUDA graph for rlvr's model on a GPU, "eager" otherwise and
+        under autocast, whose capture in a graph is not yet verified on a GPU), "eager" (one
+        forward per step, finished rows dropped), or "static" (the fixed-shape step a graph
+        replays, run without one: on any device, for tests)."""
         if decode not in ("auto", "eager", "static"):
             raise ValueError(f"decode {decode!r} is not one of auto, eager, static.")
         self.model = model
@@ -130,9 +130,12 @@ class Engine:
         lengths = torch.full((num_rows,), max_new_tokens, dtype=torch.long, device=device)
         stopped = torch.zeros(num_rows, dtype=torch.bool, device=device)  # ended by a stop
 
-        fixed = isinstance(model, Transformer) and (
-            self.decode == "static" or (self.decode == "auto" and device.type == "cuda")
+        graph = (
+            self.decode == "auto"
+            and device.type == "cuda"
+            and not torch.is_autocast_enabled(device.type)
         )
+        fixed = isinstance(model, Transformer) and (self.decode == "static" or graph)
         step_fn = None  # the fixed-shape decode step (made at the first step that needs it)
         rows = torch.arange(num_rows, device=device)  # original row of each active row
         all_rows = True  # no row dropped yet: `rows` is every row, in order
@@ -186,7 +189,7 @@ class Engine:
                 break
             if fixed:
                 if step_fn is None:
-                    step_fn = FixedShapeDecode(model, cache, graph=self.decode == "auto")
+                    step_fn = FixedShapeDecode(model, cache, graph=graph)
                 logits = step_fn(token, position)
             else:
                 logits = model(token[:, None], position_ids=position, cache=cache)[:, -1]
@@ -237,26 +240,17 @@ class FixedShapeDecode:
         self.graph = self._capture() if graph else None
 
     def _capture(self) -> torch.cuda.CUDAGraph:
-        # Under autocast, the weights' bf16 copies must be made inside the graph, not taken
-        # from autocast's cache (which is emptied when the autocast region ends).
-        kind = self.cache.mask.device.type
-        precision = (
-            torch.autocast(kind, dtype=torch.get_autocast_dtype(kind), cache_enabled=False)
-            if torch.is_autocast_enabled(kind)
-            else nullcontext()
-        )
-        with precision:
-            # Warm up on a side stream (kernel choices, allocator blocks), then capture. Both
-            # write the slot the first real step writes again, so they change nothing.
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(2):
-                    self.model.decode_step(self.token, self.position, self.cache)
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self.logits = self.model.decode_step(self.token, self.position, self.cache)
+        # Warm up on a side stream (kernel choices, allocator blocks), then capture. Both
+        # write the slot that the first real step writes again, so they change nothing.
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self.model.decode_step(self.token, self.position, self.cache)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.logits = self.model.decode_step(self.token, self.position, self.cache)
         return graph
 
     def __call__(self, token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:

@@ -177,9 +177,11 @@ class KVCache:
         """Write (B, num_kv_heads, T, head_dim) keys/values after the filled slots; return all
         keys/values up to and including them. `Transformer.forward` advances `length`."""
         if self.slot is not None:  # fixed shapes: write at the device-side slot, return all
-            self.k[layer].index_copy_(2, self.slot, k)
-            self.v[layer].index_copy_(2, self.slot, v)
-            return self.k[layer], self.v[layer]
+            keys, values = self.k[layer], self.v[layer]
+            # (under autocast k and v arrive in different precisions; the cache keeps its own)
+            keys.index_copy_(2, self.slot, k.to(keys.dtype))
+            values.index_copy_(2, self.slot, v.to(values.dtype))
+            return keys, values
         start, end = self.length, self.length + k.shape[2]
         keys, values = self.k[layer], self.v[layer]
         keys.narrow(2, start, end - start).copy_(k)

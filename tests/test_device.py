@@ -144,20 +144,21 @@ def test_engine_on_the_gpu_samples_what_the_cpu_samples(gpu_decode, cpu_decode):
 
 @cuda
 @torch.inference_mode()
-def test_cuda_graph_under_bf16_autocast_and_on_a_bf16_model():
-    """Under autocast the graph makes its own bf16 copies of the weights (autocast's cache
-    is off while capturing); it gives the tokens the same step gives without a graph."""
-    model = tiny_model().cuda()
+def test_bf16_decoding_on_the_gpu():
+    """A bf16 model decodes through the CUDA graph; under bf16 autocast the engine decodes
+    eagerly (capturing autocast's casts is not verified yet). Both give the tokens of the
+    fixed-shape step run without a graph."""
     prompts = [[5, 6, 7, 8, 9], [10, 11]]
-    for context, m in ((torch.autocast("cuda", dtype=torch.bfloat16), model),
-                       (torch.autocast("cuda", enabled=False), tiny_model().cuda().bfloat16())):  # fmt: skip
+    cases = [(torch.autocast("cuda", enabled=False), tiny_model().cuda().bfloat16()),
+             (torch.autocast("cuda", dtype=torch.bfloat16), tiny_model().cuda())]  # fmt: skip
+    for context, model in cases:
         with context:
-            out = {decode: Engine(m, pad_id=0, decode=decode).generate(
+            out = {decode: Engine(model, pad_id=0, decode=decode).generate(
                 prompts, num_samples=4, max_new_tokens=16, temperature=0.0)
                 for decode in ("auto", "static")}  # fmt: skip
         for a, b in zip(out["auto"], out["static"]):
             assert a.token_ids == b.token_ids
-            torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-3, rtol=0)  # fmt: skip
+            torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=2e-2, rtol=0)  # fmt: skip
 
 
 @cuda

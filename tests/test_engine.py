@@ -286,6 +286,22 @@ def test_static_decode_matches_eager():
             torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5, rtol=0)  # fmt: skip
 
 
+def test_static_decode_under_bf16_autocast_matches_eager():
+    """Under autocast, keys arrive in float32 (the rotary product) and values in bf16: the
+    fixed-shape cache writes each in its own precision, as the eager one does."""
+    model = tiny_model(seed=3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        runs = {
+            mode: Engine.func(model, pad_id=PAD, decode=mode).generate(
+                PROMPTS, num_samples=2, max_new_tokens=12, temperature=0.0
+            )
+            for mode in ("eager", "static")
+        }
+    for a, b in zip(runs["eager"], runs["static"]):
+        assert a.token_ids == b.token_ids
+        torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=2e-2, rtol=0)  # fmt: skip
+
+
 def test_unknown_decode_mode_is_a_clear_error():
     with pytest.raises(ValueError, match="decode 'graph' is not one of auto, eager, static"):
         Engine.func(tiny_model(), pad_id=PAD, decode="graph")

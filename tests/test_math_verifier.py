@@ -96,13 +96,13 @@ def test_plain_numbers(pred, gold, status):
     assert verdict.reward == (1.0 if status == "correct" else 0.0)
 
 
-def test_huge_integers_compare_as_strings_quickly():
+def test_huge_integers_compare_as_strings():
+    """A million digits (beyond int()'s 4,300-digit limit) are decided on the fast path,
+    which is linear in the input (benchmarks/verify_math.py measures its speed)."""
     digits = "9" * 1_000_000
-    start = time.perf_counter()
     assert fast_math_verdict(f"<answer>{digits}</answer>", digits).status == "correct"
     assert fast_math_verdict(f"<answer>{digits}8</answer>", digits).status == "wrong"
     assert fast_math_verdict(f"<answer>{digits}</answer>", "5").status == "wrong"
-    assert time.perf_counter() - start < 2.0
 
 
 def test_plain_number_parser_rejects_non_numbers():
