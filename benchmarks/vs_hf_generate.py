@@ -113,7 +113,7 @@ def measure(size: str, args: argparse.Namespace) -> dict:
             eos_token_id=None,
         )
         if out.is_cuda:
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(out.device)
         seconds = time.perf_counter() - start
         assert out[:, args.prompt_len :].numel() == new_tokens
         return seconds

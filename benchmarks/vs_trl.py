@@ -277,7 +277,10 @@ def main() -> None:
     parser.add_argument("--reward-window", type=int, default=10, help="steps the rewards average")
     parser.add_argument("--betas", default="0.04,0", help="comma-separated KL weights")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (both sides)")
+    parser.add_argument(
+        "--device", default="cpu", choices=["cpu", "cuda"],
+        help="both sides (cuda: the current GPU; pick another with CUDA_VISIBLE_DEVICES)",
+    )  # fmt: skip
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore")

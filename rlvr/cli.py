@@ -184,7 +184,10 @@ def _eval(run_dir: Path, output: str | None, overrides: list[str]) -> int:
     model, tokenizer, cfg, state = load_checkpoint(run_dir)
     apply_overrides(cfg, overrides)
     seed_everything(cfg.seed, cfg.threads)
-    model.to(resolve_device(cfg.device))
+    device = resolve_device(cfg.device)
+    model.to(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     task = make_task(cfg)
     problems = task.problems("test", cfg.eval.num_problems, seed=cfg.seed)
     with (

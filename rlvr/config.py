@@ -591,7 +591,7 @@ def validate(cfg: Config) -> None:
         f"dtype {cfg.dtype!r} is not one of float32, bfloat16.",
     )
     need(
-        re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device) is not None,
+        re.fullmatch(r"auto|cpu|cuda(:(0|[1-9]\d*))?", cfg.device) is not None,
         f"device {cfg.device!r} is not one of auto, cpu, cuda, cuda:N.",
     )
     lora = cfg.lora

@@ -234,35 +234,40 @@ class FixedShapeDecode:
     def __init__(self, model: Transformer, cache, graph: bool):
         self.model, self.cache = model, cache
         cache.make_static(model.model.embed_tokens.weight.dtype)
-        rows, device = cache.batch_size, cache.mask.device
-        self.token = torch.zeros((rows, 1), dtype=torch.long, device=device)
-        self.position = torch.zeros((rows, 1), dtype=torch.long, device=device)
+        rows, self.device = cache.batch_size, cache.mask.device
+        self.token = torch.zeros((rows, 1), dtype=torch.long, device=self.device)
+        self.position = torch.zeros((rows, 1), dtype=torch.long, device=self.device)
         self.graph = self._capture() if graph else None
 
     def _capture(self) -> torch.cuda.CUDAGraph:
-        # Warm up on a side stream (kernel choices, allocator blocks), then capture. Both
-        # write the slot that the first real step writes again, so they change nothing.
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                self.model.decode_step(self.token, self.position, self.cache)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self.logits = self.model.decode_step(self.token, self.position, self.cache)
+        # Streams, capture and replay belong to the current GPU: make it the model's.
+        with torch.cuda.device(self.device):
+            # Warm up on a side stream (kernel choices, allocator blocks), then capture. Both
+            # write the slot that the first real step writes again, so they change nothing.
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    self.model.decode_step(self.token, self.position, self.cache)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self.logits = self.model.decode_step(self.token, self.position, self.cache)
         return graph
 
     def __call__(self, token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
         """Logits (N, V) after feeding token (N,) at position (N, 1); advances the slot."""
+        self.model.check_length(self.cache.length + 1, self.cache)
         self.token.copy_(token[:, None])
         self.position.copy_(position)
         if self.graph is None:
             logits = self.model.decode_step(self.token, self.position, self.cache)
         else:
-            self.graph.replay()
+            with torch.cuda.device(self.device):
+                self.graph.replay()
             logits = self.logits
         self.cache.slot.add_(1)
+        self.cache.length += 1
         return logits
 
 

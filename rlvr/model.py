@@ -392,19 +392,7 @@ class Transformer(nn.Module):
         B, T = input_ids.shape
         start = cache.length if cache is not None else 0
         end = start + T
-        if cache is not None and end > cache.max_len:
-            raise ValueError(f"KV cache holds {cache.max_len} tokens; this call needs {end}.")
-        if end > self.config.max_position_embeddings:
-            raise ValueError(
-                f"Sequence of {end} tokens exceeds max_position_embeddings "
-                f"{self.config.max_position_embeddings}."
-            )
-        if self.config.sliding_window and end > self.config.sliding_window:
-            raise ValueError(
-                f"Sequence of {end} tokens exceeds the model's sliding_window "
-                f"{self.config.sliding_window}; rlvr does not implement sliding-window "
-                "attention, so keep prompt + completion within the window."
-            )
+        self.check_length(end, cache)
 
         decoding = T == 1 and attention_mask is None and position_ids is not None
         if decoding and isinstance(cache, KVCache):
@@ -445,13 +433,31 @@ class Transformer(nn.Module):
 
         return self._forward_layers(input_ids, position_ids, attn_mask, cache, end)
 
+    def check_length(self, end: int, cache: KVCache | None) -> None:
+        """Raise ValueError if a sequence of `end` tokens does not fit the cache, the rotary
+        table or the sliding window (which rlvr does not implement)."""
+        if cache is not None and end > cache.max_len:
+            raise ValueError(f"KV cache holds {cache.max_len} tokens; this call needs {end}.")
+        if end > self.config.max_position_embeddings:
+            raise ValueError(
+                f"Sequence of {end} tokens exceeds max_position_embeddings "
+                f"{self.config.max_position_embeddings}."
+            )
+        if self.config.sliding_window and end > self.config.sliding_window:
+            raise ValueError(
+                f"Sequence of {end} tokens exceeds the model's sliding_window "
+                f"{self.config.sliding_window}; rlvr does not implement sliding-window "
+                "attention, so keep prompt + completion within the window."
+            )
+
     def decode_step(
         self, token: torch.Tensor, position: torch.Tensor, cache: KVCache
     ) -> torch.Tensor:
         """Logits (B, vocab_size), float32, of one new token per row (token and position:
         (B, 1)) on a cache in fixed-shape mode (`KVCache.make_static`). The token goes into
         slot `cache.slot`, which the caller advances; nothing on the Python side changes,
-        so a CUDA graph can capture this call once and replay it for every step."""
+        so a CUDA graph can capture this call once and replay it for every step (the caller
+        checks the length and advances `cache.length`: `check_length`)."""
         cache.bias.index_fill_(1, cache.slot, 0.0)  # the new slot holds a real token
         bias = cache.bias[:, None, None, :]  # (B, 1, 1, max_len)
         return self._forward_layers(token, position, bias, cache, end=None)[:, -1]

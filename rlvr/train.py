@@ -800,6 +800,7 @@ def run(cfg: Config, resume: bool = False) -> tuple[Path, dict]:
             )
         else:
             tokenizer = CharTokenizer()
+            cfg.model.vocab_size = tokenizer.vocab_size  # (resumed runs of older versions)
             policy = Transformer(cfg.model)
             console.print(f"model: {policy.num_parameters() / 1e6:.2f}M parameters")
         if scorer.system_prompt and isinstance(tokenizer, CharTokenizer):
@@ -808,6 +809,8 @@ def run(cfg: Config, resume: bool = False) -> tuple[Path, dict]:
                 'prompt format has none; set system_prompt = "" or train a Hugging Face model.'
             )
         policy.to(device)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)  # streams and CUDA graphs use the current GPU
         if device.type != "cpu":
             console.print(f"device: {device} ({torch.cuda.get_device_name(device)})")
         checkpointer = Checkpointer(run_dir, cfg, tokenizer)

@@ -1,26 +1,42 @@
 """The sampling engine against a naive decode loop (full forward, no cache, every step).
 
-Every test runs on both decode paths: "eager" (one forward per step; finished rows are dropped)
-and "static" (the fixed-shape step that a CUDA graph captures and replays on a GPU, here run
-without one; tests/test_device.py runs the graph itself where there is a GPU).
+Every test runs on each decode path: "eager" (one forward per step; finished rows are
+dropped), "static" (the fixed-shape step that a CUDA graph captures and replays on a GPU, run
+without one) and, where there is a GPU, "graph" (a copy of the model on the GPU, decoded
+through the CUDA graph; its outputs are compared with the CPU's as they are).
 """
 
+import copy
 import sys
-from functools import partial
 
 import pytest
 import torch
 
 from rlvr.engine import Completion, Engine
+from rlvr.engine import Engine as RealEngine  # (the tests' `Engine` picks a decode path)
 from rlvr.model import ModelConfig, Transformer
 
 PAD = 0
 PROMPTS = [[3, 4, 5, 6, 7], [8, 9], [10, 11, 12, 13, 14, 15, 16, 17]]
 
 
-@pytest.fixture(autouse=True, params=["eager", "static"])
+def engine_factory(decode: str):
+    """What `Engine(model, pad_id)` makes in these tests: the engine on one decode path."""
+
+    def make(model, pad_id):
+        if decode == "graph":
+            return RealEngine(copy.deepcopy(model).cuda(), pad_id, decode="auto")
+        return RealEngine(model, pad_id, decode=decode)
+
+    return make
+
+
+DECODES = ["eager", "static"] + (["graph"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(autouse=True, params=DECODES)
 def decode(request, monkeypatch):
-    monkeypatch.setattr(sys.modules[__name__], "Engine", partial(Engine, decode=request.param))
+    monkeypatch.setattr(sys.modules[__name__], "Engine", engine_factory(request.param))
     return request.param
 
 
@@ -270,14 +286,14 @@ def test_static_decode_matches_eager():
     stop = naive_greedy(model, PROMPTS[0], 4)[2]
     settings = [
         dict(temperature=0.0, stop_token_ids=[stop]),
-        dict(top_p=0.9, min_new_tokens=2, generator=torch.Generator().manual_seed(5)),
+        dict(top_p=0.9, generator=torch.Generator().manual_seed(5)),
     ]
     for kwargs in settings:
         runs = {}
         for mode in ("eager", "static"):
             if "generator" in kwargs:
                 kwargs["generator"].manual_seed(5)
-            engine = Engine.func(model, pad_id=PAD, decode=mode)
+            engine = RealEngine(model, pad_id=PAD, decode=mode)
             runs[mode] = engine.generate(PROMPTS, num_samples=4, max_new_tokens=20, **kwargs)
         if "stop_token_ids" in kwargs:
             assert any(c.finish_reason == "stop" for c in runs["eager"])
@@ -292,7 +308,7 @@ def test_static_decode_under_bf16_autocast_matches_eager():
     model = tiny_model(seed=3)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         runs = {
-            mode: Engine.func(model, pad_id=PAD, decode=mode).generate(
+            mode: RealEngine(model, pad_id=PAD, decode=mode).generate(
                 PROMPTS, num_samples=2, max_new_tokens=12, temperature=0.0
             )
             for mode in ("eager", "static")
@@ -302,6 +318,13 @@ def test_static_decode_under_bf16_autocast_matches_eager():
         torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=2e-2, rtol=0)  # fmt: skip
 
 
+def test_sequences_past_the_sliding_window_are_a_clear_error():
+    """The fixed-shape step checks the length as the eager forward does, before each step."""
+    model = tiny_model(sliding_window=8)
+    with pytest.raises(ValueError, match="sliding_window 8"):
+        generate(model, prompts=[[3, 4, 5, 6, 7]], max_new_tokens=10, temperature=0.0)
+
+
 def test_unknown_decode_mode_is_a_clear_error():
     with pytest.raises(ValueError, match="decode 'graph' is not one of auto, eager, static"):
-        Engine.func(tiny_model(), pad_id=PAD, decode="graph")
+        RealEngine(tiny_model(), pad_id=PAD, decode="graph")
