@@ -13,8 +13,8 @@ with rlvr's default fp32 path (the one that gives the same tokens for the same s
 through a CUDA graph there, and the extra column `eager` is rlvr without it.
 
 Extra column, measured in the same alternation (`--extras`, on by default; it changes float
-rounding, so it is not the headline): `bf16`, rlvr's engine on the model in bfloat16. Run it alone: 2-thread torch slows down when another process holds a core.
-Needs transformers.
+rounding, so it is not the headline): `bf16`, rlvr's engine on the model in bfloat16. Run it
+alone: 2-thread torch slows down when another process holds a core. Needs transformers.
 """
 
 from __future__ import annotations

@@ -72,8 +72,8 @@ from rlvr.train import (
     ProblemStream,
     grpo,
     load_model,
+    place_model,
     pretrain,
-    resolve_device,
     seed_everything,
 )
 
@@ -154,7 +154,7 @@ def run_rlvr(folder: Path, cfg) -> dict:
     """rlvr GRPO on the folder; per-step seconds and rewards from its metrics.jsonl."""
     seed_everything(cfg.seed, cfg.threads)
     policy, tokenizer = load_model(str(folder))
-    policy.to(resolve_device(cfg.device))
+    place_model(policy, cfg.device)
     task = make_task(cfg)
     with tempfile.TemporaryDirectory() as tmp:
         with RunLogger(Path(tmp), tensorboard=False) as logger:

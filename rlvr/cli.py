@@ -179,15 +179,12 @@ def _eval(run_dir: Path, output: str | None, overrides: list[str]) -> int:
     from rlvr.config import apply_overrides
     from rlvr.evaluate import evaluate
     from rlvr.rewards import Scorer, open_pool
-    from rlvr.train import autocast, make_task, resolve_device, seed_everything, system_prompt
+    from rlvr.train import autocast, make_task, place_model, seed_everything, system_prompt
 
     model, tokenizer, cfg, state = load_checkpoint(run_dir)
     apply_overrides(cfg, overrides)
     seed_everything(cfg.seed, cfg.threads)
-    device = resolve_device(cfg.device)
-    model.to(device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
+    place_model(model, cfg.device)
     task = make_task(cfg)
     problems = task.problems("test", cfg.eval.num_problems, seed=cfg.seed)
     with (

@@ -121,6 +121,16 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def place_model(model: torch.nn.Module, name: str) -> torch.device:
+    """Move `model` to cfg.device `name` (`resolve_device`) and return that device; a GPU
+    also becomes the current one (CUDA streams and graphs use the current GPU)."""
+    device = resolve_device(name)
+    model.to(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
+
+
 def make_run_dir(cfg: Config, resume: bool = False) -> Path:
     if cfg.run_dir:
         path = Path(cfg.run_dir)
@@ -749,7 +759,7 @@ def run(cfg: Config, resume: bool = False) -> tuple[Path, dict]:
     """
     t_start = time.perf_counter()
     seed_everything(cfg.seed, cfg.threads)
-    device = resolve_device(cfg.device)
+    resolve_device(cfg.device)  # a GPU that is not there stops the run before its folder exists
     loaded = None  # --model / init_from: loaded and checked before the run folder exists
     if cfg.init_from and not resume:
         loaded = load_checkpoint(cfg.init_from)[:2]
@@ -808,10 +818,8 @@ def run(cfg: Config, resume: bool = False) -> tuple[Path, dict]:
                 "system_prompt is set but the model uses rlvr's character tokenizer, whose "
                 'prompt format has none; set system_prompt = "" or train a Hugging Face model.'
             )
-        policy.to(device)
+        device = place_model(policy, cfg.device)
         if device.type == "cuda":
-            torch.cuda.set_device(device)  # streams and CUDA graphs use the current GPU
-        if device.type != "cpu":
             console.print(f"device: {device} ({torch.cuda.get_device_name(device)})")
         checkpointer = Checkpointer(run_dir, cfg, tokenizer)
         summary["device"] = str(device)

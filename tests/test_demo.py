@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 
 import pytest
@@ -21,16 +23,18 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
-    """One tiny demo run that the tests below read (each test works alone, e.g. under xdist)."""
+    """One tiny demo run that the tests below read (each test works alone, e.g. under xdist);
+    what it printed is kept in stdout.txt beside the run folder."""
     out = tmp_path_factory.mktemp("demo") / "run"
-    assert main(["demo", "--out", str(out), *TINY]) == 0
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["demo", "--out", str(out), *TINY]) == 0
+    (out.parent / "stdout.txt").write_text(printed.getvalue())
     return out
 
 
-def test_demo_writes_a_complete_run_folder(tmp_path, capsys):
-    demo_run = tmp_path / "run"
-    assert main(["demo", "--out", str(demo_run), *TINY]) == 0
-    stdout = capsys.readouterr().out.strip().splitlines()
+def test_demo_writes_a_complete_run_folder(demo_run):
+    stdout = (demo_run.parent / "stdout.txt").read_text().strip().splitlines()
     assert stdout[-1] == str(demo_run)  # the last line printed is the run folder
 
     summary = json.loads((demo_run / "summary.json").read_text())
