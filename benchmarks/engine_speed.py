@@ -1,4 +1,4 @@
-"""Sampling speed of rlvr.engine: new tokens per second on a small random model.
+"""Sampling speed of rlvr.sampling.engine: new tokens per second on a small random model.
 
     python benchmarks/engine_speed.py [--prompts 8] [--samples 8] [--new-tokens 64]
                                       [--compare-sdpa]
@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 import rlvr.model
-from rlvr.engine import Engine
 from rlvr.model import ModelConfig, Transformer
+from rlvr.sampling.engine import Engine
 
 
 def sdpa_decode_attention(q, k, v, bias):

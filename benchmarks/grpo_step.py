@@ -22,14 +22,14 @@ from pathlib import Path
 
 import torch
 
-from rlvr.checkpoint import load_checkpoint
+from rlvr.checkpoint import Checkpointer, load_checkpoint
 from rlvr.cli import recipe_path
 from rlvr.config import load_config
 from rlvr.model import Transformer
 from rlvr.report import RunLogger, read_metrics
-from rlvr.rewards import Scorer, open_pool
 from rlvr.tokenizer import CharTokenizer
-from rlvr.train import Checkpointer, grpo, make_task, seed_everything
+from rlvr.train import grpo, make_task, seed_everything
+from rlvr.verifiers.rewards import Scorer, open_pool
 
 
 def main() -> None:

@@ -30,8 +30,8 @@ import time
 import torch
 import transformers
 
-from rlvr.engine import Engine
 from rlvr.hf import char_tokenizer_to_hf, load_hf_model
+from rlvr.sampling.engine import Engine
 from rlvr.tokenizer import CharTokenizer
 
 # Qwen2 shapes (q/k/v biases, untied embeddings off: tied, as small Qwen2 models are).

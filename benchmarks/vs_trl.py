@@ -5,7 +5,7 @@
                                           [--device cpu]
 
 1. A Qwen2-architecture model of ~1.1M parameters (rlvr's default shape with q/k/v biases)
-   is pretrained briefly with rlvr on the demo's arithmetic task (`rlvr.train.pretrain`, the
+   is pretrained briefly with rlvr on the demo's arithmetic task (`rlvr.learning.pretrain.pretrain`, the
    demo recipe's data mix), so that its rewards are not ~0, and saved with `rlvr.hf.save_hf`
    together with rlvr's CharTokenizer. `--init CHECKPOINT` (e.g. a demo run's pretrained/)
    skips this; a Llama-shaped checkpoint is saved as Qwen2 with q/k/v biases of zero (the
@@ -57,25 +57,20 @@ from pathlib import Path
 
 import torch
 
-from rlvr.checkpoint import load_checkpoint
+from rlvr.checkpoint import Checkpointer, load_checkpoint
 from rlvr.cli import recipe_path
 from rlvr.config import load_config
+from rlvr.device import place_model
 from rlvr.hf import HFTokenizer, save_hf
+from rlvr.learning.pretrain import pretrain
 from rlvr.model import Transformer
 from rlvr.report import RunLogger, read_metrics
-from rlvr.rewards import Scorer
-from rlvr.rollout import response_text
+from rlvr.sampling.rollout import response_text
+from rlvr.sampling.sampler import ProblemStream
 from rlvr.tasks.arithmetic import ArithmeticTask
 from rlvr.tokenizer import ANSWER_CLOSE, CharTokenizer
-from rlvr.train import (
-    Checkpointer,
-    ProblemStream,
-    grpo,
-    load_model,
-    place_model,
-    pretrain,
-    seed_everything,
-)
+from rlvr.train import grpo, load_model, seed_everything
+from rlvr.verifiers.rewards import Scorer
 
 LR = 5e-5
 EPSILON = 0.2

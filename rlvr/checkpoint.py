@@ -37,7 +37,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from rlvr.config import Config, ConfigError, load_config, to_toml
+from rlvr.errors import TrainingError
 from rlvr.hf import save_hf
+from rlvr.lora import base_layers, merged_copy
 from rlvr.model import Transformer
 from rlvr.tokenizer import FILENAME as CHAR_TOKENIZER
 from rlvr.tokenizer import CharTokenizer
@@ -186,3 +188,47 @@ def load_trainer_state(path: str | Path) -> dict:
     # On the CPU: a GPU run's state resumes on any machine (the optimizer moves its state
     # to its parameters' device when it loads it).
     return torch.load(Path(path) / TRAINER_STATE, map_location="cpu", weights_only=True)
+
+
+class Checkpointer:
+    """Writes a run's resumable checkpoints into run_dir/checkpoints and keeps the newest few;
+    `save_final` writes the policies to use (pretrained/, checkpoint/)."""
+
+    def __init__(self, run_dir: Path, cfg: Config, tokenizer: CharTokenizer) -> None:
+        self.run_dir, self.cfg, self.tokenizer = run_dir, cfg, tokenizer
+        self.last: Path | None = latest_checkpoint(run_dir)
+
+    def due(self, step: int, last_step: int) -> bool:
+        every = self.cfg.checkpoint.every
+        return step == last_step or (every > 0 and step % every == 0)
+
+    def save(self, phase: str, step: int, model: Transformer, trainer_state: dict) -> Path:
+        """With LoRA adapters, model.safetensors holds the base weights (which LoRA never
+        changes) and trainer_state["lora"] the adapters: a resume puts back both, bitwise."""
+        path = checkpoint_dir(self.run_dir, phase, step)
+        try:
+            with base_layers(model):
+                save_checkpoint(path, model, self.tokenizer, self.cfg,
+                                {"phase": phase, "step": step, "policy_version": step}, trainer_state)  # fmt: skip
+        except OSError as e:
+            kept = f"{self.last} is intact" if self.last else "no earlier checkpoint exists"
+            raise TrainingError(
+                f"Could not write checkpoint {path} ({e.strerror or e}); {kept}: free space and "
+                f"resume with `rlvr train --resume {self.run_dir}`."
+            ) from e
+        self.last = path
+        prune_checkpoints(self.run_dir, self.cfg.checkpoint.keep)
+        return path
+
+    def save_final(self, name: str, model: Transformer, state: dict) -> Path:
+        """Write run_dir/<name> (pretrained/, checkpoint/): a policy to use, not to resume.
+        LoRA adapters are merged into the weights: a plain Hugging Face folder."""
+        path = self.run_dir / name
+        try:
+            return save_checkpoint(path, merged_copy(model), self.tokenizer, self.cfg, state)
+        except OSError as e:
+            kept = f"{self.last} is intact" if self.last else "no resumable checkpoint exists"
+            raise TrainingError(
+                f"Could not write {path} ({e.strerror or e}); {kept}: free space and resume "
+                f"with `rlvr train --resume {self.run_dir}`."
+            ) from e

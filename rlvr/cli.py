@@ -177,9 +177,10 @@ def _eval(run_dir: Path, output: str | None, overrides: list[str]) -> int:
 
     from rlvr.checkpoint import load_checkpoint
     from rlvr.config import apply_overrides
+    from rlvr.device import autocast, place_model
     from rlvr.evaluate import evaluate
-    from rlvr.rewards import Scorer, open_pool
-    from rlvr.train import autocast, make_task, place_model, seed_everything, system_prompt
+    from rlvr.train import make_task, seed_everything, system_prompt
+    from rlvr.verifiers.rewards import Scorer, open_pool
 
     model, tokenizer, cfg, state = load_checkpoint(run_dir)
     apply_overrides(cfg, overrides)

@@ -110,7 +110,7 @@ class GRPOConfig:
     """How token losses are averaged: "grpo" (per sequence, then over sequences), "bnpo" (over
     the micro-batch's tokens), "dr_grpo" (sum / (sequences x max_new_tokens)), "dapo" (over
     all tokens of the optimizer batch), "gspo" (sequence-level ratio), "cispo" (clipped,
-    stop-gradient importance weight). See rlvr/algorithms.py for the formulas."""
+    stop-gradient importance weight). See rlvr/learning/algorithms.py for the formulas."""
     advantage: str = "grpo"
     """Advantage estimator: "grpo" (group z-score), "dr_grpo" (group mean only), "batch_std"
     (group mean, batch std), "rloo" (leave-one-out), "reinforce_pp" (REINFORCE++: group
@@ -521,7 +521,7 @@ def validate(cfg: Config) -> None:
     need(g.beta >= 0, f"grpo.beta must be 0 or more, got {g.beta}.")
     need(0 <= g.epsilon < 1, f"grpo.epsilon must be in [0, 1), got {g.epsilon}.")
     need(g.epsilon_high >= 0, f"grpo.epsilon_high must be 0 or more, got {g.epsilon_high}.")
-    from rlvr.algorithms import ADVANTAGE_ESTIMATORS, LOSS_TYPES, REWARD_COMBINE_MODES
+    from rlvr.learning.algorithms import ADVANTAGE_ESTIMATORS, LOSS_TYPES, REWARD_COMBINE_MODES
 
     for key, value, choices in [
         ("grpo.loss_type", g.loss_type, LOSS_TYPES),

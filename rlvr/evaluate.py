@@ -21,12 +21,12 @@ from collections.abc import Sequence
 import torch
 
 from rlvr.config import EvalConfig
-from rlvr.engine import Engine
-from rlvr.rewards import Scorer
-from rlvr.rollout import Episode, rollout
+from rlvr.sampling.engine import Engine
+from rlvr.sampling.rollout import Episode, rollout
 from rlvr.tasks import Problem
 from rlvr.tokenizer import CharTokenizer
 from rlvr.verifiers.format import parse_response
+from rlvr.verifiers.rewards import Scorer
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -85,7 +85,7 @@ def evaluate(
 ) -> tuple[dict[str, float], list[dict]]:
     """Metrics on `problems` and a few logged samples. Fractions are in 0..1.
 
-    `scorer` verifies the responses (rlvr/rewards.py); only the verdicts count here, not the
+    `scorer` verifies the responses (rlvr/verifiers/rewards.py); only the verdicts count here, not the
     reward weights.
     """
     was_training = model.training

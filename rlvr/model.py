@@ -1,4 +1,4 @@
-"""The language model: a Llama-family decoder in one file, plus its KV cache.
+"""The language model: a Llama-family decoder in one file.
 
 RoPE (Hugging Face convention: `rotate_half` over two halves; optional Llama-3 frequency
 scaling), RMSNorm, a SwiGLU MLP, grouped-query attention, optional q/k/v biases (Qwen2),
@@ -6,7 +6,9 @@ optional per-head RMSNorm on queries and keys (Qwen3), an explicit head width, a
 tied embeddings. Parameter names are exactly those of Hugging Face `LlamaForCausalLM`,
 `Qwen2ForCausalLM`, `Qwen3ForCausalLM` and `MistralForCausalLM`, so a state dict moves
 between them without renaming (`rlvr/hf.py` reads and writes those checkpoints). The model
-knows nothing about tasks, text or training: token ids in, logits out.
+knows nothing about tasks, text or training: token ids in, logits out. The KV cache belongs
+to the sampling engine (`rlvr.sampling.engine.KVCache`); the model only uses it through the
+small `Cache` protocol below.
 
     config = ModelConfig()                     # ~1.1M parameters
     model = Transformer(config)
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -123,108 +126,32 @@ def rope_tables(config: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
     return angles.cos(), angles.sin()
 
 
-class KVCache:
-    """Keys and values of the tokens seen so far, preallocated for `max_len` slots.
+class Cache(Protocol):
+    """What the model needs of a KV cache; the engine's `KVCache` is the one it is given.
 
-    Every row writes its t-th token into slot t, so all rows share one `length`. Prompts
-    of different lengths are left-padded; `mask` marks which slots hold real tokens, and
-    padded slots are never attended to. Keys are stored once per key/value head (not
-    repeated for grouped-query attention).
-    """
+    Every row writes its t-th token into slot t, so all rows share one `length`; `mask` (B,
+    max_len) marks slots that hold real tokens (left padding does not), and `bias` is the
+    same mask as an additive attention bias, rebuilt by the cache when set to None. In
+    fixed-shape mode `slot` is the (1,) device tensor of the next slot (else None)."""
 
-    def __init__(self, k: list[torch.Tensor], v: list[torch.Tensor], mask: torch.Tensor):
-        self.k = k  # per layer: (B, num_key_value_heads, max_len, head_dim)
-        self.v = v  # per layer: (B, num_key_value_heads, max_len, head_dim)
-        self.mask = mask  # (B, max_len) bool: the slot holds a real token
-        self.length = 0  # slots filled so far
-        # The same mask as an additive attention bias (0 real, -inf padding), kept up to date
-        # from the first one-token step on, so decoding does not rebuild it every step.
-        self.bias: torch.Tensor | None = None
-        # Fixed-shape decoding (`make_static`): the slot the next token is written to, as a
-        # (1,) tensor on the cache's device; None otherwise.
-        self.slot: torch.Tensor | None = None
-
-    @classmethod
-    def create(
-        cls,
-        model: Transformer,
-        batch_size: int,
-        max_len: int,
-        dtype: torch.dtype | None = None,
-    ) -> KVCache:
-        """An empty cache for `batch_size` rows of up to `max_len` tokens each."""
-        config = model.config
-        param = next(model.parameters())
-        dtype = dtype or param.dtype
-        shape = (batch_size, config.num_key_value_heads, max_len, config.head_dim)
-        layers = range(config.num_hidden_layers)
-        k = [torch.zeros(shape, dtype=dtype, device=param.device) for _ in layers]
-        v = [torch.zeros(shape, dtype=dtype, device=param.device) for _ in layers]
-        mask = torch.zeros(batch_size, max_len, dtype=torch.bool, device=param.device)
-        return cls(k, v, mask)
+    length: int
+    mask: torch.Tensor
+    bias: torch.Tensor | None
+    slot: torch.Tensor | None
 
     @property
-    def batch_size(self) -> int:
-        return self.mask.shape[0]
-
-    @property
-    def max_len(self) -> int:
-        return self.mask.shape[1]
+    def max_len(self) -> int: ...
 
     def update(
         self, layer: int, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write (B, num_kv_heads, T, head_dim) keys/values after the filled slots; return all
-        keys/values up to and including them. `Transformer.forward` advances `length`."""
-        if self.slot is not None:  # fixed shapes: write at the device-side slot, return all
-            keys, values = self.k[layer], self.v[layer]
-            # (under autocast k and v arrive in different precisions; the cache keeps its own)
-            keys.index_copy_(2, self.slot, k.to(keys.dtype))
-            values.index_copy_(2, self.slot, v.to(values.dtype))
-            return keys, values
-        start, end = self.length, self.length + k.shape[2]
-        keys, values = self.k[layer], self.v[layer]
-        keys.narrow(2, start, end - start).copy_(k)
-        values.narrow(2, start, end - start).copy_(v)
-        return keys.narrow(2, 0, end), values.narrow(2, 0, end)
-
-    def repeat_interleave(self, n: int) -> None:
-        """Expand each row into `n` consecutive rows (in place): prefill a prompt once, then
-        sample `n` completions of it."""
-        self._apply(lambda t: t.repeat_interleave(n, dim=0))
-
-    def select_rows(self, index: torch.Tensor) -> None:
-        """Keep only the rows in `index` (in place), e.g. to drop finished sequences."""
-        self._apply(lambda t: t.index_select(0, index))
-
-    def _apply(self, fn) -> None:
-        self.k = [fn(t) for t in self.k]
-        self.v = [fn(t) for t in self.v]
-        self.mask = fn(self.mask)
-        if self.bias is not None:
-            self.bias = fn(self.bias)
-
-    def make_static(self, dtype: torch.dtype) -> None:
-        """Switch to fixed-shape decoding from slot `length` on (`Transformer.decode_step`):
-        each step writes its keys/values at the device tensor `slot` and attends over all
-        max_len slots, the unwritten ones masked out by the bias, so that every step runs
-        the same kernels on the same memory (what a CUDA graph needs). Rows are not dropped
-        from then on."""
-        self.slot = torch.tensor([self.length], device=self.mask.device)
-        self.bias = torch.zeros(self.mask.shape, dtype=dtype, device=self.mask.device)
-        self.bias.masked_fill_(~self.mask, float("-inf"))
+        """Store this call's keys/values (B, num_kv_heads, T, head_dim) of `layer`; return
+        every key/value the new tokens may attend to."""
+        ...
 
     def decode_bias(self, dtype: torch.dtype) -> torch.Tensor:
-        """Mark slot `length` real and return the additive bias of slots [0, length]:
-        (B, 1, 1, length + 1), what one new token per row may attend to."""
-        start = self.length
-        self.mask[:, start] = True
-        if self.bias is None or self.bias.dtype != dtype:
-            self.bias = torch.zeros(self.mask.shape, dtype=dtype, device=self.mask.device)
-            self.bias.masked_fill_(~self.mask, float("-inf"))
-        else:
-            self.bias[:, start] = 0.0
-        return self.bias[:, None, None, : start + 1]
+        """Mark slot `length` real; the additive bias (B, 1, 1, length + 1) of one new token."""
+        ...
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -275,7 +202,7 @@ class Attention(nn.Module):
         cos: torch.Tensor,  # (B, 1, T, head_dim)
         sin: torch.Tensor,  # (B, 1, T, head_dim)
         attn_mask: torch.Tensor | None,  # (B, 1, T, S) additive: 0 or -inf; None = causal
-        cache: KVCache | None,
+        cache: Cache | None,
         layer: int,
     ) -> torch.Tensor:
         B, T, _ = x.shape
@@ -370,16 +297,12 @@ class Transformer(nn.Module):
         """Number of distinct parameters (a tied embedding counts once)."""
         return sum(p.numel() for p in self.parameters())
 
-    def new_cache(self, batch_size: int, max_len: int) -> KVCache:
-        """An empty KV cache for this model (what `Engine` asks every model for)."""
-        return KVCache.create(self, batch_size, max_len)
-
     def forward(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
-        cache: KVCache | None = None,
+        cache: Cache | None = None,
     ) -> torch.Tensor:
         """Logits (B, T, vocab_size), float32, for token ids (B, T).
 
@@ -395,12 +318,12 @@ class Transformer(nn.Module):
         self.check_length(end, cache)
 
         decoding = T == 1 and attention_mask is None and position_ids is not None
-        if decoding and isinstance(cache, KVCache):
+        if decoding and cache is not None:
             # One new token per row: it may see every real slot so far, itself included, so
             # the causal mask reduces to the cache's padding bias.
             bias = cache.decode_bias(self.model.embed_tokens.weight.dtype)
             return self._forward_layers(input_ids, position_ids, bias, cache, end)
-        if isinstance(cache, KVCache):
+        if cache is not None:
             cache.bias = None  # this call may write padding: rebuild the bias when next needed
 
         # Which key slots hold real tokens: (B, S) with S = end, or None if all of them do.
@@ -433,7 +356,7 @@ class Transformer(nn.Module):
 
         return self._forward_layers(input_ids, position_ids, attn_mask, cache, end)
 
-    def check_length(self, end: int, cache: KVCache | None) -> None:
+    def check_length(self, end: int, cache: Cache | None) -> None:
         """Raise ValueError if a sequence of `end` tokens does not fit the cache, the rotary
         table or the sliding window (which rlvr does not implement)."""
         if cache is not None and end > cache.max_len:
@@ -451,7 +374,7 @@ class Transformer(nn.Module):
             )
 
     def decode_step(
-        self, token: torch.Tensor, position: torch.Tensor, cache: KVCache
+        self, token: torch.Tensor, position: torch.Tensor, cache: Cache
     ) -> torch.Tensor:
         """Logits (B, vocab_size), float32, of one new token per row (token and position:
         (B, 1)) on a cache in fixed-shape mode (`KVCache.make_static`). The token goes into

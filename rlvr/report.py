@@ -23,11 +23,13 @@ import numbers
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 METRICS_FILE = "metrics.jsonl"
@@ -266,3 +268,23 @@ def print_table(
 ) -> None:
     """Print summary_table(before, after, title) to the console (stdout by default)."""
     (console or Console()).print(summary_table(before, after, title))
+
+
+# ----------------------------------------------------------------------------- the terminal
+
+console = Console(stderr=True)
+"""Progress and status lines go to stderr; stdout carries the results (table, run folder)."""
+
+
+@contextmanager
+def progress_bar(description: str, total: int, done: int = 0) -> Iterator[Callable[..., None]]:
+    """A progress bar on stderr; yields `advance(info="")`, which moves it one step."""
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeRemainingColumn(), TextColumn("{task.fields[info]}")]  # fmt: skip
+    with Progress(*columns, console=console, transient=False) as progress:
+        task_id = progress.add_task(description, total=total, completed=done, info="")
+
+        def advance(info: str = "") -> None:
+            progress.update(task_id, advance=1, info=info)
+
+        yield advance

@@ -9,7 +9,7 @@ folder (config.toml, metrics.jsonl, tensorboard/, plots/, samples/, pretrained/,
 checkpoint/, summary.json).
 
 GRPO here follows DeepSeekMath (Shao et al. 2024); every choice is a config key, and the
-variants practitioners use are one key away (formulas and papers in rlvr/algorithms.py):
+variants practitioners use are one key away (formulas and papers in rlvr/learning/algorithms.py):
 - advantages: `grpo.advantage` = grpo (z-score within each group of k samples), dr_grpo,
   batch_std, rloo, reinforce_pp; with several reward parts, `grpo.reward_combine`;
 - loss: `grpo.loss_type` = dapo (default: token mean over the optimizer batch), grpo, bnpo,
@@ -36,60 +36,32 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import random
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from rlvr.algorithms import (
-    combine_rewards,
-    compute_advantages,
-    entropy_from_logits,
-    mask_truncated,
-    policy_loss,
-    sampler_correction,
-    token_logprobs,
-)
-from rlvr.checkpoint import (
-    checkpoint_dir,
-    latest_checkpoint,
-    load_checkpoint,
-    load_trainer_state,
-    prune_checkpoints,
-    save_checkpoint,
-)
+from rlvr.checkpoint import Checkpointer, latest_checkpoint, load_checkpoint, load_trainer_state
 from rlvr.config import Config, ConfigError, to_toml
-from rlvr.engine import Engine
-from rlvr.errors import StopRequested, TrainingError
+from rlvr.device import autocast, place_model, resolve_device
+from rlvr.errors import StopRequested
 from rlvr.evaluate import evaluate
-from rlvr.lora import (
-    adapter_state,
-    adapters_disabled,
-    base_layers,
-    check_targets,
-    inject_lora,
-    load_adapter_state,
-    merged_copy,
-)
+from rlvr.learning.learner import GRPOLearner, StepResult
+from rlvr.learning.pretrain import pretrain
+from rlvr.learning.updates import too_many_bad_steps
+from rlvr.lora import check_targets
 from rlvr.model import Transformer
-from rlvr.report import RunLogger, plot_metrics, write_samples
-from rlvr.rewards import Scorer, open_pool
-from rlvr.rollout import Episode, rollout
+from rlvr.report import RunLogger, console, plot_metrics, progress_bar, write_samples
+from rlvr.sampling.sampler import Rollouts, Sampler
 from rlvr.tasks import TASKS, Problem
 from rlvr.tokenizer import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, CharTokenizer
-
-console = Console(stderr=True)
-
+from rlvr.verifiers.rewards import Scorer, open_pool
 
 # ----------------------------------------------------------------------------- set-up
 
@@ -98,37 +70,6 @@ def seed_everything(seed: int, threads: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
-
-
-def resolve_device(name: str) -> torch.device:
-    """cfg.device as a torch.device: "auto" is the first CUDA GPU when torch sees one, else
-    the CPU. A GPU that is not there is a ConfigError before any work starts."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise ConfigError(
-                f"device = {name!r}, but this torch ({torch.__version__}) sees no CUDA GPU; "
-                'install a CUDA build of torch (README: "GPU users") or set device = "cpu".'
-            )
-        if (device.index or 0) >= count:
-            raise ConfigError(
-                f"device = {name!r}, but torch sees {count} CUDA GPU(s) (cuda:0 to "
-                f"cuda:{count - 1}); pick one of those."
-            )
-    return device
-
-
-def place_model(model: torch.nn.Module, name: str) -> torch.device:
-    """Move `model` to cfg.device `name` (`resolve_device`) and return that device; a GPU
-    also becomes the current one (CUDA streams and graphs use the current GPU)."""
-    device = resolve_device(name)
-    model.to(device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    return device
 
 
 def make_run_dir(cfg: Config, resume: bool = False) -> Path:
@@ -197,44 +138,6 @@ def check_format_tokens(tokenizer, where: str) -> None:
         )
 
 
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW; matrices decay, norms and biases do not."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95))
-
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-
-
-def autocast(cfg: Config, model: torch.nn.Module) -> AbstractContextManager:
-    """The precision of forward passes: with cfg.dtype = "bfloat16", torch.autocast to bf16
-    on the model's device (matmuls in bf16; the float32 master weights, optimizer state and
-    the float32 logits the model returns are untouched); with "float32", nothing."""
-    if cfg.dtype == "float32":
-        return nullcontext()
-    return torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16)
-
-
-@contextmanager
-def progress_bar(description: str, total: int, done: int = 0) -> Iterator:
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeRemainingColumn(), TextColumn("{task.fields[info]}")]  # fmt: skip
-    with Progress(*columns, console=console, transient=False) as progress:
-        task_id = progress.add_task(description, total=total, completed=done, info="")
-
-        def advance(info: str = "") -> None:
-            progress.update(task_id, advance=1, info=info)
-
-        yield advance
-
-
 @contextmanager
 def stop_on_signals() -> Iterator[Callable[[], bool]]:
     """Turn the first SIGINT/SIGTERM into a request to stop at the next step boundary.
@@ -261,271 +164,39 @@ def stop_on_signals() -> Iterator[Callable[[], bool]]:
             signal.signal(sig, old)
 
 
-class Checkpointer:
-    """Writes resumable checkpoints into run_dir/checkpoints and keeps the newest few."""
-
-    def __init__(self, run_dir: Path, cfg: Config, tokenizer: CharTokenizer) -> None:
-        self.run_dir, self.cfg, self.tokenizer = run_dir, cfg, tokenizer
-        self.last: Path | None = latest_checkpoint(run_dir)
-
-    def due(self, step: int, last_step: int) -> bool:
-        every = self.cfg.checkpoint.every
-        return step == last_step or (every > 0 and step % every == 0)
-
-    def save(self, phase: str, step: int, model: Transformer, trainer_state: dict) -> Path:
-        """With LoRA adapters, model.safetensors holds the base weights (which LoRA never
-        changes) and trainer_state["lora"] the adapters: a resume puts back both, bitwise."""
-        path = checkpoint_dir(self.run_dir, phase, step)
-        try:
-            with base_layers(model):
-                save_checkpoint(path, model, self.tokenizer, self.cfg,
-                                {"phase": phase, "step": step, "policy_version": step}, trainer_state)  # fmt: skip
-        except OSError as e:
-            kept = f"{self.last} is intact" if self.last else "no earlier checkpoint exists"
-            raise TrainingError(
-                f"Could not write checkpoint {path} ({e.strerror or e}); {kept}: free space and "
-                f"resume with `rlvr train --resume {self.run_dir}`."
-            ) from e
-        self.last = path
-        prune_checkpoints(self.run_dir, self.cfg.checkpoint.keep)
-        return path
-
-    def save_final(self, name: str, model: Transformer, state: dict) -> Path:
-        """Write run_dir/<name> (pretrained/, checkpoint/): a policy to use, not to resume.
-        LoRA adapters are merged into the weights: a plain Hugging Face folder."""
-        path = self.run_dir / name
-        try:
-            return save_checkpoint(path, merged_copy(model), self.tokenizer, self.cfg, state)
-        except OSError as e:
-            kept = f"{self.last} is intact" if self.last else "no resumable checkpoint exists"
-            raise TrainingError(
-                f"Could not write {path} ({e.strerror or e}); {kept}: free space and resume "
-                f"with `rlvr train --resume {self.run_dir}`."
-            ) from e
-
-
-def finite_update(
-    loss: torch.Tensor, model: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float
-) -> torch.Tensor | None:
-    """Backpropagate and step, unless the loss or the gradient is NaN or infinite.
-
-    Returns the gradient norm, or None when the update was skipped (the weights and the
-    optimizer state are untouched then).
-    """
-    optimizer.zero_grad(set_to_none=True)
-    if not torch.isfinite(loss):
-        return None
-    loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or float("inf"))
-    if not torch.isfinite(grad_norm):
-        optimizer.zero_grad(set_to_none=True)
-        return None
-    optimizer.step()
-    return grad_norm
-
-
-def too_many_bad_steps(cfg: Config, phase: str, step: int, bad_in_row: int, last: Path | None):
-    if cfg.max_bad_steps and bad_in_row >= cfg.max_bad_steps:
-        where = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
-        raise TrainingError(
-            f"{phase} step {step}: the loss or gradient was NaN or infinite for {bad_in_row} "
-            f"steps in a row, so the run stopped ({where}); lower the learning rate or check "
-            f"the reward functions, then resume with `rlvr train --resume {cfg.run_dir or 'RUN_DIR'}`."
-        )
-
-
-# ----------------------------------------------------------------------------- pretraining
-
-
-def pretrain_batch(task, tokenizer: CharTokenizer, rng: random.Random, cfg: Config, step: int):
-    """One step of synthetic solutions, as length-grouped, right-padded micro-batches.
-
-    Some examples answer at once, some think step by step, and some of those traces slip.
-    Answer-only examples are short and traces long, so each kind is padded on its own
-    (padding one batch to the longest trace wasted ~45% of the compute). Returns a list of
-    (input ids (b, T), loss mask (b, T-1)) pairs; the mask is 1 on completion tokens only.
-    """
-    p = cfg.pretrain
-    problems = task.problems("train", p.batch_size, seed=cfg.seed * 1_000_003 + step)
-    groups: dict[bool, list[tuple[list[int], list[int]]]] = {False: [], True: []}
-    for problem in problems:
-        think = rng.random() < p.think_fraction
-        slip = think and rng.random() < p.slip_fraction
-        prompt = tokenizer.encode(tokenizer.format_prompt(problem.prompt))
-        completion = tokenizer.encode(task.completion(problem, rng, think=think, slip=slip))
-        completion.append(tokenizer.eos_id)
-        groups[think].append((prompt + completion, [0] * (len(prompt) - 1) + [1] * len(completion)))
-    batches = []
-    for rows in groups.values():
-        if not rows:
-            continue
-        width = max(len(ids) for ids, _ in rows)
-        ids_t = torch.full((len(rows), width), tokenizer.pad_id, dtype=torch.long)
-        mask_t = torch.zeros((len(rows), width - 1))
-        for i, (ids, mask) in enumerate(rows):
-            ids_t[i, : len(ids)] = torch.tensor(ids)
-            mask_t[i, : len(mask)] = torch.tensor(mask, dtype=torch.float)
-        batches.append((ids_t, mask_t))
-    return batches
-
-
-def pretrain(
-    model: Transformer,
-    tokenizer: CharTokenizer,
-    task,
-    cfg: Config,
-    logger: RunLogger,
-    checkpointer: Checkpointer,
-    should_stop: Callable[[], bool],
-    resume: dict | None = None,
-) -> None:
-    """Next-token training on synthetic solutions, from random weights (or a checkpoint)."""
-    p = cfg.pretrain
-    device = next(model.parameters()).device
-    rng = random.Random(cfg.seed + 1)
-    optimizer = make_optimizer(model, p.lr, p.weight_decay)
-    first, bad_in_row = 1, 0
-    if resume is not None:
-        optimizer.load_state_dict(resume["optimizer"])
-        rng.setstate(resume["rng"])
-        torch.set_rng_state(resume["torch_rng"])
-        first, bad_in_row = resume["step"] + 1, resume["bad_in_row"]
-    model.train()
-    tokens, skipped, t_start = 0, 0, time.perf_counter()
-    with progress_bar("pretrain", p.steps, done=first - 1) as advance:
-        for step in range(first, p.steps + 1):
-            # Right padding needs no attention mask: causal attention never looks ahead.
-            batches = [(ids.to(device), mask.to(device))
-                       for ids, mask in pretrain_batch(task, tokenizer, rng, cfg, step)]  # fmt: skip
-            num_targets = sum(mask.sum() for _, mask in batches)
-            optimizer.zero_grad(set_to_none=True)
-            loss = torch.zeros((), device=device)
-            for ids, mask in batches:
-                with autocast(cfg, model):
-                    logits = model(ids[:, :-1])  # (b, T-1, V), float32
-                losses = F.cross_entropy(
-                    logits.flatten(0, 1), ids[:, 1:].flatten(), reduction="none"
-                )
-                part = (losses * mask.flatten()).sum() / num_targets
-                part.backward()
-                loss += part.detach()
-
-            # linear warmup, cosine decay to lr / 10
-            warm = min(1.0, step / max(1, p.warmup_steps))
-            decay = 0.5 * (1 + math.cos(math.pi * min(1.0, step / p.steps)))
-            lr = p.lr * warm * (0.1 + 0.9 * decay)
-            set_lr(optimizer, lr)
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                model.parameters(), p.grad_clip or float("inf")
-            )
-            if torch.isfinite(loss) and torch.isfinite(grad_norm):
-                optimizer.step()
-                bad_in_row = 0
-            else:  # skip it: the weights and the optimizer state stay as they were
-                skipped, bad_in_row = skipped + 1, bad_in_row + 1
-                too_many_bad_steps(cfg, "pretrain", step, bad_in_row, checkpointer.last)
-
-            tokens += sum(int((ids != tokenizer.pad_id).sum()) for ids, _ in batches)
-            if step % 25 == 0 or step == p.steps:
-                elapsed = time.perf_counter() - t_start
-                logger.log("pretrain", step, {"loss": loss.item(), "lr": lr, "grad_norm": grad_norm.item(),
-                                              "skipped_updates": skipped,
-                                              "tokens_per_second": tokens / elapsed})  # fmt: skip
-            advance(f"loss {loss.item():.3f}")
-
-            stop = should_stop()
-            if stop or checkpointer.due(step, p.steps):
-                checkpointer.save("pretrain", step, model, {
-                    "phase": "pretrain", "step": step, "optimizer": optimizer.state_dict(),
-                    "rng": rng.getstate(), "torch_rng": torch.get_rng_state(),
-                    "bad_in_row": bad_in_row,
-                })  # fmt: skip
-            if stop and step < p.steps:
-                raise StopRequested(f"pretraining step {step}", str(checkpointer.run_dir))
-
-
 # ----------------------------------------------------------------------------- GRPO
 
 
-def make_batch(episodes: list[Episode], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded prompt+completion rows and their per-position completion tensors.
-
-    Position t of the (N, T-1) tensors scores token t+1, so a completion token at column j
-    sits at position j-1 there.
-    """
-    rows = [ep.prompt_ids + ep.completion_ids for ep in episodes]
-    width = max(map(len, rows))
-    n = len(rows)
-    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
-    completion_mask = torch.zeros((n, width - 1))
-    old_logprobs = torch.zeros((n, width - 1))
-    for i, (row, ep) in enumerate(zip(rows, episodes)):
-        input_ids[i, : len(row)] = torch.tensor(row)
-        start, end = len(ep.prompt_ids) - 1, len(row) - 1
-        completion_mask[i, start:end] = 1.0
-        old_logprobs[i, start:end] = torch.tensor(ep.logprobs)
-    return {"input_ids": input_ids,
-            "completion_mask": completion_mask, "old_logprobs": old_logprobs}  # fmt: skip
-
-
-def sequence_logprobs(
-    model: torch.nn.Module, batch: dict, temperature: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token logprobs (N, T-1) of the batch's tokens, and the logits that gave them."""
-    # Rows are right-padded: under causal attention a real token never sees the padding
-    # after it, so no mask is needed and the fused causal attention path applies.
-    logits = model(batch["input_ids"])[:, :-1]
-    return token_logprobs(logits, batch["input_ids"][:, 1:], temperature), logits
-
-
-def informative_groups(episodes: list[Episode], group_size: int) -> list[Episode]:
-    """The groups whose rewards are not all equal (DAPO dynamic sampling keeps only these)."""
-    kept = []
-    for i in range(0, len(episodes), group_size):
-        group = episodes[i : i + group_size]
-        if len({ep.reward for ep in group}) > 1:
-            kept += group
-    return kept
-
-
-def episode_advantages(episodes: list[Episode], weights: dict[str, float], g) -> torch.Tensor:
-    """(N,) advantages of the episodes (group-major), by grpo.advantage and reward_combine."""
-    if g.reward_combine == "sum_then_normalize":
-        rewards = torch.tensor([ep.reward for ep in episodes])  # (N,) the weighted sums
-        return compute_advantages(rewards, g.group_size, g.advantage)
-    names = list(weights)
-    parts = torch.tensor([[ep.parts[name] for name in names] for ep in episodes])  # (N, R)
-    return combine_rewards(parts, torch.tensor([weights[name] for name in names]),
-                           g.group_size, g.advantage, mode=g.reward_combine)  # fmt: skip
-
-
-class ProblemStream:
-    """The seeded, endless stream of GRPO training batches, addressable by batch index.
-
-    Batch i is the same for the same seed however the run got there, so a resumed run picks
-    up at the index its checkpoint saved.
-    """
-
-    def __init__(self, task, cfg: Config) -> None:
-        self.task, self.seed, self.size = task, cfg.seed, cfg.grpo.num_prompts
-        # Each round is a fresh seeded draw of up to 50 batches (a dataset: all of it, shuffled).
-        available = task.num_problems("train") if hasattr(task, "num_problems") else 1 << 62
-        self.batches_per_round = min(50, available // self.size)
-        if self.batches_per_round == 0:
-            raise ConfigError(
-                f"The task has {available} training problems, fewer than grpo.num_prompts = "
-                f"{self.size}; lower grpo.num_prompts or add problems."
-            )
-        self._round, self._pool = -1, []
-
-    def batch(self, index: int) -> list[Problem]:
-        round_, offset = divmod(index, self.batches_per_round)
-        if round_ != self._round:
-            self._pool = self.task.problems(
-                "train", self.size * self.batches_per_round, seed=self.seed * 7919 + 17 + round_
-            )
-            self._round = round_
-        return self._pool[offset * self.size : (offset + 1) * self.size]
+def step_metrics(rollouts: Rollouts, result: StepResult, seconds: float, group_size: int) -> dict:
+    """One metrics.jsonl line of a GRPO step: rewards and behaviour of everything sampled,
+    the learner's per-update statistics (averaged), and what the step cost."""
+    sampled, n = rollouts.sampled, len(rollouts.sampled)
+    num_tokens = sum(len(ep.completion_ids) for ep in sampled)
+    parts: dict[str, float] = {}
+    for ep in sampled:
+        for name, value in ep.parts.items():
+            parts[f"reward/{name}"] = parts.get(f"reward/{name}", 0.0) + value / n
+    return {
+        "reward": torch.tensor([ep.reward for ep in sampled]).mean().item(),
+        "accuracy": sum(ep.parts.get("accuracy", 0.0) for ep in sampled) / n,
+        "format_rate": sum(ep.parts.get("format", 0.0) for ep in sampled) / n,
+        **parts,
+        "think_rate": sum(ep.thought for ep in sampled) / n,
+        "response_length": num_tokens / n,
+        "sampled_tokens": num_tokens,
+        "truncated_rate": sum(ep.finish_reason == "length" for ep in sampled) / n,
+        "verifier_failures": sum(ep.verifier_failures for ep in sampled),
+        "bad_rewards": sum(ep.bad_rewards for ep in sampled),
+        "skipped_updates": result.skipped,
+        "sampling_rounds": rollouts.rounds,
+        "dropped_groups": rollouts.dropped_groups,
+        "dropped_fraction": rollouts.dropped_groups * group_size / n,
+        **{key: sum(v) / len(v) for key, v in result.stats.items()},
+        "policy_version": rollouts.step,
+        "step_seconds": seconds,
+        "sample_seconds": rollouts.seconds,
+        "tokens_per_second": num_tokens / seconds,
+    }  # fmt: skip
 
 
 def grpo(
@@ -547,180 +218,34 @@ def grpo(
     """
     g = cfg.grpo
     device = next(policy.parameters()).device
-    lora = cfg.lora.rank > 0
-    if lora:  # only the adapters train; the reference is the policy with them turned off
-        trainable = inject_lora(policy, cfg.lora)
-        console.print(f"LoRA rank {cfg.lora.rank}: {trainable / 1e6:.3f}M trainable parameters")
-    reference = None
-    if g.beta > 0 and not lora:
-        reference = copy.deepcopy(policy).eval().requires_grad_(False)
-    optimizer = make_optimizer(policy, g.lr, g.weight_decay)
-    engine = Engine(policy, pad_id=tokenizer.pad_id)
-    generator = torch.Generator().manual_seed(cfg.seed + 2)
-    shuffle = torch.Generator().manual_seed(cfg.seed + 3)
-    problems = ProblemStream(task, cfg)
-    first, batches_drawn, bad_in_row = 1, 0, 0
+    learner = GRPOLearner(policy, cfg, tokenizer.pad_id, scorer.weights)
+    sampler = Sampler(policy, tokenizer, scorer, task, cfg)
+    first = 1
     if resume is not None:
-        if lora:
-            load_adapter_state(policy, resume.get("lora"))
         if "torch_rng" in resume:  # LoRA dropout draws from it
             torch.set_rng_state(resume["torch_rng"])
         if resume.get("cuda_rng") is not None and device.type == "cuda":
             torch.cuda.set_rng_state(resume["cuda_rng"], device)
-        optimizer.load_state_dict(resume["optimizer"])
-        generator.set_state(resume["generator"])
-        shuffle.set_state(resume["shuffle"])
-        if reference is not None:
-            reference.load_state_dict(resume["reference"])
-        first, batches_drawn = resume["step"] + 1, resume["batches_drawn"]
-        bad_in_row = resume["bad_in_row"]
+        learner.load_state_dict(resume)
+        sampler.load_state_dict(resume)
+        first = resume["step"] + 1
     step_seconds = []
 
     with progress_bar("grpo", g.steps, done=first - 1) as advance:
         for step in range(first, g.steps + 1):
             t0 = time.perf_counter()
+            # Sample k completions per problem (each verified as soon as it finishes), then
+            # update the policy on them: it becomes version `step`.
+            rollouts = sampler.rollouts(step)
+            result = learner.train_step(rollouts.episodes, step)
+            sampler.publish(policy, version=step)
+            step_seconds.append(time.perf_counter() - t0)
 
-            # 1. Sample k completions per problem with the current policy; each is verified
-            #    in the scorer's workers as soon as the engine finishes it. With dynamic
-            #    sampling, groups whose rewards are all equal (no signal) are dropped and more
-            #    problems are sampled until the batch is full.
-            policy.eval()
-            target = g.num_prompts * g.group_size
-            sampled: list[Episode] = []
-            episodes: list[Episode] = []
-            rounds = flat_groups = 0
-            while rounds == 0 or (
-                g.dynamic_sampling and len(episodes) < target and rounds < g.max_sampling_rounds
-            ):
-                with autocast(cfg, policy):
-                    new = rollout(
-                        engine, tokenizer, scorer, problems.batch(batches_drawn),
-                        num_samples=g.group_size, max_new_tokens=g.max_new_tokens,
-                        temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
-                        generator=generator, policy_version=step - 1, ignore_eos=g.ignore_eos,
-                        min_new_tokens=g.min_new_tokens,
-                    )  # fmt: skip
-                batches_drawn, rounds = batches_drawn + 1, rounds + 1
-                sampled += new
-                kept = informative_groups(new, g.group_size) if g.dynamic_sampling else new
-                flat_groups += (len(new) - len(kept)) // g.group_size
-                episodes += kept
-            episodes = episodes[:target]
-            t_sampled = time.perf_counter()
-
-            # 2. Group-relative advantages (of the weighted reward, or of each part).
-            stats: dict[str, list[float]] = {}
-            updates = skipped = 0
-            if episodes:
-                advantages = episode_advantages(episodes, scorer.weights, g)
-
-                # 3. The learner's batch; reference logprobs once per batch.
-                batch = make_batch(episodes, tokenizer.pad_id)
-                batch["advantages"] = advantages
-                batch = {key: value.to(device) for key, value in batch.items()}
-                if g.mask_truncated:
-                    truncated = torch.tensor(
-                        [ep.finish_reason == "length" for ep in episodes], device=device
-                    )
-                    batch["completion_mask"] = mask_truncated(batch["completion_mask"], truncated)
-                with torch.no_grad():
-                    if g.beta > 0:  # the frozen copy; with LoRA, the policy without adapters
-                        ref_model = reference if reference is not None else policy
-                        with adapters_disabled(ref_model), autocast(cfg, ref_model):
-                            batch["ref_logprobs"], _ = sequence_logprobs(
-                                ref_model, batch, g.temperature
-                            )
-                    if g.is_level != "none":
-                        # The learner's own logprobs become the ratio's "old" ones; the weights
-                        # correct for the sampler having drawn from slightly different ones.
-                        with autocast(cfg, policy):
-                            learner_old, _ = sequence_logprobs(policy, batch, g.temperature)
-                        batch["is_weights"], is_stats = sampler_correction(
-                            learner_old, batch["old_logprobs"], batch["completion_mask"],
-                            level=g.is_level, mode=g.is_mode, cap=g.is_cap,
-                        )  # fmt: skip
-                        batch["old_logprobs"] = learner_old
-                        for key, value in is_stats.items():
-                            stats[key] = [float(value)]
-
-                # 4. mu passes of clipped policy-gradient updates over the batch.
-                policy.train()
-                set_lr(optimizer, g.lr * min(1.0, step / max(1, g.warmup_steps)))
-                num_groups = len(episodes) // g.group_size
-                for _ in range(g.num_iterations):
-                    order = torch.randperm(num_groups, generator=shuffle)
-                    for group_ids in order.chunk(g.num_minibatches):
-                        rows = (
-                            (group_ids[:, None] * g.group_size + torch.arange(g.group_size))
-                            .flatten()
-                            .to(device)
-                        )
-                        mb = {k: v[rows] for k, v in batch.items()}
-                        with autocast(cfg, policy):  # logits and logprobs come out float32
-                            logprobs, logits = sequence_logprobs(policy, mb, g.temperature)
-                        # one optimizer step per minibatch: dapo's "whole batch" is this one
-                        mask = mb["completion_mask"]
-                        loss, loss_stats = policy_loss(
-                            logprobs, mb["old_logprobs"], mb["advantages"], mask,
-                            loss_type=g.loss_type, epsilon_low=g.epsilon,
-                            epsilon_high=g.epsilon_high, delta=g.delta or None,
-                            ref_logprobs=mb.get("ref_logprobs"), beta=g.beta,
-                            max_length=g.max_new_tokens, num_tokens=mask.sum(),
-                            is_weights=mb.get("is_weights"),
-                            entropy=entropy_from_logits(logits) if g.entropy_coef else None,
-                            entropy_coef=g.entropy_coef,
-                        )  # fmt: skip
-                        grad_norm = finite_update(loss, policy, optimizer, g.grad_clip)
-                        updates += 1
-                        if grad_norm is None:
-                            skipped += 1
-                            continue
-                        if "entropy" not in loss_stats:
-                            with torch.no_grad():
-                                entropy = entropy_from_logits(logits.detach())
-                                loss_stats["entropy"] = (entropy * mask).sum() / mask.sum().clamp(
-                                    min=1
-                                )
-                        loss_stats["grad_norm"] = grad_norm
-                        loss_stats["loss"] = loss.detach()
-                        for key, value in loss_stats.items():
-                            stats.setdefault(key, []).append(float(value))
-            bad_in_row = bad_in_row + 1 if skipped and skipped == updates else 0
-            if reference is not None and g.ref_update_every and step % g.ref_update_every == 0:
-                reference.load_state_dict(policy.state_dict())
-            t_end = time.perf_counter()
-            step_seconds.append(t_end - t0)
-
-            n = len(sampled)
-            num_tokens = sum(len(ep.completion_ids) for ep in sampled)
-            parts: dict[str, float] = {}
-            for ep in sampled:
-                for name, value in ep.parts.items():
-                    parts[f"reward/{name}"] = parts.get(f"reward/{name}", 0.0) + value / n
-            metrics = {
-                "reward": torch.tensor([ep.reward for ep in sampled]).mean().item(),
-                "accuracy": sum(ep.parts.get("accuracy", 0.0) for ep in sampled) / n,
-                "format_rate": sum(ep.parts.get("format", 0.0) for ep in sampled) / n,
-                **parts,
-                "think_rate": sum(ep.thought for ep in sampled) / n,
-                "response_length": num_tokens / n,
-                "sampled_tokens": num_tokens,
-                "truncated_rate": sum(ep.finish_reason == "length" for ep in sampled) / n,
-                "verifier_failures": sum(ep.verifier_failures for ep in sampled),
-                "bad_rewards": sum(ep.bad_rewards for ep in sampled),
-                "skipped_updates": skipped,
-                "sampling_rounds": rounds,
-                "dropped_groups": flat_groups,
-                "dropped_fraction": flat_groups * g.group_size / len(sampled),
-                **{key: sum(v) / len(v) for key, v in stats.items()},
-                "policy_version": step,
-                "step_seconds": t_end - t0,
-                "sample_seconds": t_sampled - t0,
-                "tokens_per_second": num_tokens / (t_end - t0),
-            }  # fmt: skip
+            metrics = step_metrics(rollouts, result, step_seconds[-1], g.group_size)
             logger.log("grpo", step, metrics)
             advance(f"reward {metrics['reward']:.2f}  think {metrics['think_rate']:.2f}")
-            too_many_bad_steps(cfg, "GRPO", step, bad_in_row, checkpointer.last)
+            too_many_bad_steps(cfg.max_bad_steps, "GRPO", step, learner.bad_in_row,
+                               checkpointer.last, cfg.run_dir)  # fmt: skip
 
             if g.eval_every and step % g.eval_every == 0 and step < g.steps:
                 with autocast(cfg, policy):
@@ -732,12 +257,9 @@ def grpo(
             stop = should_stop()
             if stop or checkpointer.due(step, g.steps):
                 checkpointer.save("grpo", step, policy, {
-                    "phase": "grpo", "step": step, "optimizer": optimizer.state_dict(),
-                    "generator": generator.get_state(), "shuffle": shuffle.get_state(),
-                    "batches_drawn": batches_drawn, "bad_in_row": bad_in_row,
-                    "reference": reference.state_dict() if reference is not None else None,
-                    "lora": adapter_state(policy) if lora else None,
-                    "torch_rng": torch.get_rng_state(), "before": before or {},
+                    "phase": "grpo", "step": step, "before": before or {},
+                    **learner.state_dict(), **sampler.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
                     "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                 })  # fmt: skip
             if stop and step < g.steps:

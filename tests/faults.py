@@ -75,12 +75,15 @@ def slow_cli() -> None:
 
     FAULTS_PRETRAIN_SLEEP, FAULTS_GRPO_SLEEP: seconds per step (default 0).
     """
+    import rlvr.learning.pretrain
+    import rlvr.sampling.sampler
     import rlvr.train
     from rlvr.cli import main
 
     pretrain_sleep = float(os.environ.get("FAULTS_PRETRAIN_SLEEP", "0"))
     grpo_sleep = float(os.environ.get("FAULTS_GRPO_SLEEP", "0"))
-    pretrain_batch, rollout = rlvr.train.pretrain_batch, rlvr.train.rollout
+    pretrain_batch = rlvr.learning.pretrain.pretrain_batch
+    rollout = rlvr.sampling.sampler.rollout
 
     def slow_pretrain_batch(*args, **kwargs):
         time.sleep(pretrain_sleep)
@@ -90,7 +93,7 @@ def slow_cli() -> None:
         time.sleep(grpo_sleep)
         return rollout(*args, **kwargs)
 
-    rlvr.train.pretrain_batch = slow_pretrain_batch
-    rlvr.train.rollout = slow_rollout
+    rlvr.learning.pretrain.pretrain_batch = slow_pretrain_batch
+    rlvr.sampling.sampler.rollout = slow_rollout
     rlvr.train.plot_metrics = lambda run_dir: []  # the tests kill the run before it plots
     sys.exit(main(sys.argv[1:]))

@@ -1,11 +1,11 @@
-"""Hand-computed checks of the RL math in rlvr/algorithms.py."""
+"""Hand-computed checks of the RL math in rlvr/learning/algorithms.py."""
 
 import math
 
 import pytest
 import torch
 
-from rlvr.algorithms import (
+from rlvr.learning.algorithms import (
     ADVANTAGE_ESTIMATORS,
     LOSS_TYPES,
     clipped_policy_loss,

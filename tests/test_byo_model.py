@@ -18,7 +18,7 @@ from rlvr.checkpoint import load_checkpoint  # noqa: E402
 from rlvr.cli import main, recipe_path  # noqa: E402
 from rlvr.config import load_config  # noqa: E402
 from rlvr.hf import R1_SYSTEM_PROMPT, HFTokenizer  # noqa: E402
-from rlvr.rollout import prompt_text, response_text  # noqa: E402
+from rlvr.sampling.rollout import prompt_text, response_text  # noqa: E402
 from rlvr.tasks import Problem  # noqa: E402
 
 CHATML = (

@@ -6,7 +6,7 @@ import pytest
 import torch
 from test_engine import PAD, PROMPTS, naive_greedy, tiny_model
 
-from rlvr.engine import Engine
+from rlvr.sampling.engine import Engine
 
 
 def test_static_decode_matches_eager():

@@ -19,14 +19,15 @@ from pathlib import Path
 import pytest
 import torch
 
+import rlvr.sampling.sampler
 import rlvr.train
 from rlvr.checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint
 from rlvr.cli import main
 from rlvr.config import ConfigError, load_config
-from rlvr.engine import Engine
+from rlvr.device import resolve_device
 from rlvr.model import ModelConfig, Transformer
 from rlvr.report import read_metrics
-from rlvr.train import resolve_device
+from rlvr.sampling.engine import Engine
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = str(ROOT / "rlvr" / "recipes" / "smoke.toml")
@@ -136,11 +137,11 @@ def test_bf16_decoding_on_the_gpu(monkeypatch):
     """A bf16 model decodes through the CUDA graph and gives the tokens of the same step run
     without one; under bf16 autocast the engine decodes eagerly (no graph: capturing
     autocast's casts is not verified yet) and agrees with the fixed-shape step."""
-    import rlvr.engine
+    import rlvr.sampling.engine
 
     graphs = []
-    real = rlvr.engine.FixedShapeDecode
-    monkeypatch.setattr(rlvr.engine, "FixedShapeDecode",
+    real = rlvr.sampling.engine.FixedShapeDecode
+    monkeypatch.setattr(rlvr.sampling.engine, "FixedShapeDecode",
                         lambda *a, graph: graphs.append(graph) or real(*a, graph=graph))  # fmt: skip
     prompts = [[5, 6, 7, 8, 9], [10, 11]]
     cases = [(torch.autocast("cuda", enabled=False), tiny_model().cuda().bfloat16(), [True]),
@@ -202,7 +203,7 @@ def summary(out: Path) -> dict:
 
 @cuda
 def test_train_on_the_gpu_and_resume_on_the_cpu(tmp_path, monkeypatch):
-    real, calls = rlvr.train.rollout, []
+    real, calls = rlvr.sampling.sampler.rollout, []
 
     def rollout(*args, **kwargs):
         calls.append(1)
@@ -210,13 +211,13 @@ def test_train_on_the_gpu_and_resume_on_the_cpu(tmp_path, monkeypatch):
             os.kill(os.getpid(), signal.SIGINT)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(rlvr.train, "rollout", rollout)
+    monkeypatch.setattr(rlvr.sampling.sampler, "rollout", rollout)
     out = tmp_path / "run"
     assert main(["train", SMOKE, "--out", str(out), *TINY, "--device", "cuda", "--grpo.beta", "0.04"]) == 0  # fmt: skip
     assert latest_checkpoint(out) == checkpoint_dir(out, "grpo", 3)
     model, _, cfg, _ = load_checkpoint(latest_checkpoint(out))  # written on the GPU, read here
     assert next(model.parameters()).device.type == "cpu" and cfg.device == "cuda"
-    monkeypatch.setattr(rlvr.train, "rollout", real)
+    monkeypatch.setattr(rlvr.sampling.sampler, "rollout", real)
     assert main(["train", "--resume", str(out), "--device", "cpu"]) == 0
     assert summary(out)["device"] == "cpu"
     grpo = [r for r in read_metrics(out) if r["phase"] == "grpo"]

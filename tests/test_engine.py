@@ -12,9 +12,9 @@ import sys
 import pytest
 import torch
 
-from rlvr.engine import Completion, Engine
-from rlvr.engine import Engine as RealEngine  # (the tests' `Engine` picks a decode path)
 from rlvr.model import ModelConfig, Transformer
+from rlvr.sampling.engine import Completion, Engine
+from rlvr.sampling.engine import Engine as RealEngine  # (the tests' `Engine` picks a decode path)
 
 PAD = 0
 PROMPTS = [[3, 4, 5, 6, 7], [8, 9], [10, 11, 12, 13, 14, 15, 16, 17]]

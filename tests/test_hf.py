@@ -15,7 +15,6 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from rlvr.engine import Engine  # noqa: E402
 from rlvr.hf import (  # noqa: E402
     R1_SYSTEM_PROMPT,
     HFCausalLM,
@@ -25,6 +24,7 @@ from rlvr.hf import (  # noqa: E402
     save_hf,
 )
 from rlvr.model import ModelConfig, Transformer  # noqa: E402
+from rlvr.sampling.engine import Engine  # noqa: E402
 from rlvr.tokenizer import CharTokenizer, format_prompt  # noqa: E402
 
 VOCAB = 128

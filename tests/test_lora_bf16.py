@@ -18,6 +18,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import rlvr.device
+import rlvr.sampling.sampler
 import rlvr.train
 from rlvr.checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint, load_trainer_state
 from rlvr.cli import main
@@ -86,11 +88,11 @@ def tiny_model() -> Transformer:
 def test_autocast_computes_in_bf16_and_returns_float32_logits():
     model, cfg = tiny_model(), Config()
     ids = torch.randint(0, 104, (2, 12))
-    with rlvr.train.autocast(cfg, model):  # float32: a no-op
+    with rlvr.device.autocast(cfg, model):  # float32: a no-op
         full = model(ids)
     assert torch.equal(full, model(ids))
     cfg.dtype = "bfloat16"
-    with rlvr.train.autocast(cfg, model):
+    with rlvr.device.autocast(cfg, model):
         half = model(ids)
         assert model.lm_head(torch.zeros(1, 32)).dtype == torch.bfloat16
     assert half.dtype == torch.float32  # log-softmax and the loss see float32
@@ -183,7 +185,7 @@ def test_merged_checkpoint_has_the_adapted_policy_logits(lora_run):
 
 
 def test_stopped_lora_run_resumes_exactly(lora_run, tmp_path, monkeypatch):
-    real, calls = rlvr.train.rollout, []
+    real, calls = rlvr.sampling.sampler.rollout, []
 
     def rollout(*args, **kwargs):
         calls.append(1)
@@ -191,12 +193,12 @@ def test_stopped_lora_run_resumes_exactly(lora_run, tmp_path, monkeypatch):
             os.kill(os.getpid(), signal.SIGINT)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(rlvr.train, "rollout", rollout)
+    monkeypatch.setattr(rlvr.sampling.sampler, "rollout", rollout)
     out = tmp_path / "B"
     assert train(out, *LORA) == 0
     assert latest_checkpoint(out) == checkpoint_dir(out, "grpo", 3)
     assert not (out / "checkpoint").exists()
-    monkeypatch.setattr(rlvr.train, "rollout", real)
+    monkeypatch.setattr(rlvr.sampling.sampler, "rollout", real)
     assert main(["train", "--resume", str(out)]) == 0
     assert without_timing(read_metrics(out)) == without_timing(read_metrics(lora_run))
     final = "checkpoint/model.safetensors"

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from rlvr.model import KVCache, ModelConfig, Transformer, decode_attention
+from rlvr.model import ModelConfig, Transformer, decode_attention
+from rlvr.sampling.engine import KVCache
 
 
 def tiny_config(**overrides) -> ModelConfig:

@@ -1,4 +1,4 @@
-"""Reward parts and their weighted sum (rlvr/rewards.py), in-process and through the pool."""
+"""Reward parts and their weighted sum (rlvr/verifiers/rewards.py), in-process and through the pool."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import pytest
 
 from rlvr.config import Config, ConfigError
-from rlvr.rewards import Scorer, load_function, open_pool, overlong_penalty
 from rlvr.tasks import ArithmeticTask
+from rlvr.verifiers.rewards import Scorer, load_function, open_pool, overlong_penalty
 
 TASK = ArithmeticTask(ops="+*")
 PROBLEM = TASK.problems("train", 1, seed=0)[0]
@@ -82,8 +82,8 @@ def test_the_engine_hands_over_each_completion_as_it_finishes():
     # and the completions must be the same as without the callback.
     import torch
 
-    from rlvr.engine import Engine
     from rlvr.model import ModelConfig, Transformer
+    from rlvr.sampling.engine import Engine
 
     torch.manual_seed(0)
     engine = Engine(Transformer(ModelConfig()).eval(), pad_id=0)

@@ -31,6 +31,9 @@ from safetensors.torch import load_file
 
 import rlvr.checkpoint
 import rlvr.hf
+import rlvr.learning.learner
+import rlvr.learning.pretrain
+import rlvr.sampling.sampler
 import rlvr.train
 from rlvr.checkpoint import (
     checkpoint_dir,
@@ -213,14 +216,14 @@ def baseline(tmp_path_factory) -> Path:
 def episodes(monkeypatch) -> list[list]:
     """The scored episodes of every GRPO step of an in-process run, in step order."""
     seen: list[list] = []
-    real = rlvr.train.rollout
+    real = rlvr.sampling.sampler.rollout
 
     def rollout(*args, **kwargs):
         result = real(*args, **kwargs)
         seen.append(result)
         return result
 
-    monkeypatch.setattr(rlvr.train, "rollout", rollout)
+    monkeypatch.setattr(rlvr.sampling.sampler, "rollout", rollout)
     return seen
 
 
@@ -271,7 +274,7 @@ def test_signal_stops_at_a_step_boundary_and_resumes_exactly(
     """The signal is real (sent to this process while a GRPO step samples); the run is
     in-process only to spare a subprocess start."""
     signal_in = RNG.randint(2, GRPO_STEPS - 1)  # the step during which the signal arrives
-    real, calls = rlvr.train.rollout, []
+    real, calls = rlvr.sampling.sampler.rollout, []
 
     def rollout(*args, **kwargs):
         calls.append(1)
@@ -279,7 +282,7 @@ def test_signal_stops_at_a_step_boundary_and_resumes_exactly(
             os.kill(os.getpid(), sig)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(rlvr.train, "rollout", rollout)
+    monkeypatch.setattr(rlvr.sampling.sampler, "rollout", rollout)
     handler = signal.getsignal(sig)
     out = tmp_path / "B"
     assert train(out) == 0
@@ -355,7 +358,7 @@ def test_verifier_hangs_and_crashes_score_zero_and_are_counted(tmp_path, monkeyp
         pools.append(real_open_pool(*args, **kwargs))
         return pools[-1]
 
-    record_rollout = rlvr.train.rollout
+    record_rollout = rlvr.sampling.sampler.rollout
 
     def rollout(*args, **kwargs):
         if len(episodes) == 1:  # before GRPO step 2: a worker is killed from outside
@@ -367,7 +370,7 @@ def test_verifier_hangs_and_crashes_score_zero_and_are_counted(tmp_path, monkeyp
         return record_rollout(*args, **kwargs)
 
     monkeypatch.setattr(rlvr.train, "open_pool", open_pool)
-    monkeypatch.setattr(rlvr.train, "rollout", rollout)
+    monkeypatch.setattr(rlvr.sampling.sampler, "rollout", rollout)
     out = tmp_path / "run"
     assert train(out, *SHORT, "--task.name", "faulty", "--reward.functions", "{}",
                  "--reward.timeout_s", "1", "--reward.workers", "2",
@@ -423,9 +426,9 @@ def test_non_finite_rewards_score_zero_and_are_counted(tmp_path, episodes, fn):
 
 
 def nan_loss(monkeypatch, calls_to_spoil) -> None:
-    """Make rlvr.train's policy loss NaN on the calls whose index (from 0) passes the test."""
-    name = "policy_loss" if hasattr(rlvr.train, "policy_loss") else "clipped_policy_loss"
-    real = getattr(rlvr.train, name)
+    """Make the learner's policy loss NaN on the calls whose index (from 0) passes the test."""
+    name = "policy_loss"
+    real = getattr(rlvr.learning.learner, name)
     calls = []
 
     def loss_fn(*args, **kwargs):
@@ -433,7 +436,7 @@ def nan_loss(monkeypatch, calls_to_spoil) -> None:
         calls.append(1)
         return (loss * math.nan if calls_to_spoil(len(calls) - 1) else loss), stats
 
-    monkeypatch.setattr(rlvr.train, name, loss_fn)
+    monkeypatch.setattr(rlvr.learning.learner, name, loss_fn)
 
 
 def test_one_nan_loss_skips_that_update(tmp_path, monkeypatch):
@@ -455,7 +458,7 @@ def test_one_nan_pretraining_loss_skips_that_step(tmp_path, monkeypatch):
         loss = real(*args, **kwargs)
         return loss * math.nan if len(calls) == 1 else loss
 
-    monkeypatch.setattr(rlvr.train.F, "cross_entropy", cross_entropy)
+    monkeypatch.setattr(rlvr.learning.pretrain.F, "cross_entropy", cross_entropy)
     out = tmp_path / "run"
     assert train(out, *SHORT) == 0
     pretrain = [r for r in records(out) if r["phase"] == "pretrain"]

@@ -11,8 +11,8 @@ import math
 
 import pytest
 
-from rlvr.algorithms import ADVANTAGE_ESTIMATORS, LOSS_TYPES
 from rlvr.cli import main, recipe_path
+from rlvr.learning.algorithms import ADVANTAGE_ESTIMATORS, LOSS_TYPES
 from rlvr.report import read_metrics
 
 TINY = [

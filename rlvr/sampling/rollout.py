@@ -2,7 +2,7 @@
 
 The engine speaks token ids, the tasks speak text; this room turns one into the other.
 Each problem is prompted once and sampled `num_samples` times (a GRPO group). As each
-completion finishes, it is decoded and handed to the `Scorer` (rlvr/rewards.py), whose
+completion finishes, it is decoded and handed to the `Scorer` (rlvr/verifiers/rewards.py), whose
 verifier workers grade it while the engine decodes the rest; the episode's reward is the
 weighted sum of its reward parts.
 
@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from rlvr.engine import Completion, Engine
 from rlvr.errors import ConfigError
-from rlvr.rewards import Scorer
+from rlvr.sampling.engine import Completion, Engine
 from rlvr.tasks import Problem
 from rlvr.tokenizer import EMPTY_THINK, EOS, CharTokenizer
 from rlvr.verifiers import Verdict
+from rlvr.verifiers.rewards import Scorer
 
 
 @dataclass

@@ -111,7 +111,10 @@ class Engine:
             input_ids[i, prompt_len - len(p) :] = torch.tensor(p, dtype=torch.long)
             attention_mask[i, prompt_len - len(p) :] = 1
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-        cache = model.new_cache(num_prompts, prompt_len + max_new_tokens)
+        if isinstance(model, Transformer):
+            cache = KVCache.create(model, num_prompts, prompt_len + max_new_tokens)
+        else:  # a transformers model behind rlvr.hf.HFModel brings its own cache
+            cache = model.new_cache(num_prompts, prompt_len + max_new_tokens)
         logits = model(input_ids, attention_mask, cache=cache)[:, -1]  # (P, V)
 
         # Copy each prompt's cache into num_samples rows; all N rows decode from here.
@@ -224,6 +227,110 @@ class Engine:
             logprobs=logprobs[row, :length].tolist(),
             finish_reason=reason,
         )
+
+
+class KVCache:
+    """Keys and values of the tokens seen so far, preallocated for `max_len` slots.
+
+    Every row writes its t-th token into slot t, so all rows share one `length`. Prompts
+    of different lengths are left-padded; `mask` marks which slots hold real tokens, and
+    padded slots are never attended to. Keys are stored once per key/value head (not
+    repeated for grouped-query attention).
+    """
+
+    def __init__(self, k: list[torch.Tensor], v: list[torch.Tensor], mask: torch.Tensor):
+        self.k = k  # per layer: (B, num_key_value_heads, max_len, head_dim)
+        self.v = v  # per layer: (B, num_key_value_heads, max_len, head_dim)
+        self.mask = mask  # (B, max_len) bool: the slot holds a real token
+        self.length = 0  # slots filled so far
+        # The same mask as an additive attention bias (0 real, -inf padding), kept up to date
+        # from the first one-token step on, so decoding does not rebuild it every step.
+        self.bias: torch.Tensor | None = None
+        # Fixed-shape decoding (`make_static`): the slot the next token is written to, as a
+        # (1,) tensor on the cache's device; None otherwise.
+        self.slot: torch.Tensor | None = None
+
+    @classmethod
+    def create(
+        cls,
+        model: Transformer,
+        batch_size: int,
+        max_len: int,
+        dtype: torch.dtype | None = None,
+    ) -> KVCache:
+        """An empty cache for `batch_size` rows of up to `max_len` tokens each."""
+        config = model.config
+        param = next(model.parameters())
+        dtype = dtype or param.dtype
+        shape = (batch_size, config.num_key_value_heads, max_len, config.head_dim)
+        layers = range(config.num_hidden_layers)
+        k = [torch.zeros(shape, dtype=dtype, device=param.device) for _ in layers]
+        v = [torch.zeros(shape, dtype=dtype, device=param.device) for _ in layers]
+        mask = torch.zeros(batch_size, max_len, dtype=torch.bool, device=param.device)
+        return cls(k, v, mask)
+
+    @property
+    def batch_size(self) -> int:
+        return self.mask.shape[0]
+
+    @property
+    def max_len(self) -> int:
+        return self.mask.shape[1]
+
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write (B, num_kv_heads, T, head_dim) keys/values after the filled slots; return all
+        keys/values up to and including them. `Transformer.forward` advances `length`."""
+        if self.slot is not None:  # fixed shapes: write at the device-side slot, return all
+            keys, values = self.k[layer], self.v[layer]
+            # (under autocast k and v arrive in different precisions; the cache keeps its own)
+            keys.index_copy_(2, self.slot, k.to(keys.dtype))
+            values.index_copy_(2, self.slot, v.to(values.dtype))
+            return keys, values
+        start, end = self.length, self.length + k.shape[2]
+        keys, values = self.k[layer], self.v[layer]
+        keys.narrow(2, start, end - start).copy_(k)
+        values.narrow(2, start, end - start).copy_(v)
+        return keys.narrow(2, 0, end), values.narrow(2, 0, end)
+
+    def repeat_interleave(self, n: int) -> None:
+        """Expand each row into `n` consecutive rows (in place): prefill a prompt once, then
+        sample `n` completions of it."""
+        self._apply(lambda t: t.repeat_interleave(n, dim=0))
+
+    def select_rows(self, index: torch.Tensor) -> None:
+        """Keep only the rows in `index` (in place), e.g. to drop finished sequences."""
+        self._apply(lambda t: t.index_select(0, index))
+
+    def _apply(self, fn) -> None:
+        self.k = [fn(t) for t in self.k]
+        self.v = [fn(t) for t in self.v]
+        self.mask = fn(self.mask)
+        if self.bias is not None:
+            self.bias = fn(self.bias)
+
+    def make_static(self, dtype: torch.dtype) -> None:
+        """Switch to fixed-shape decoding from slot `length` on (`Transformer.decode_step`):
+        each step writes its keys/values at the device tensor `slot` and attends over all
+        max_len slots, the unwritten ones masked out by the bias, so that every step runs
+        the same kernels on the same memory (what a CUDA graph needs). Rows are not dropped
+        from then on."""
+        self.slot = torch.tensor([self.length], device=self.mask.device)
+        self.bias = torch.zeros(self.mask.shape, dtype=dtype, device=self.mask.device)
+        self.bias.masked_fill_(~self.mask, float("-inf"))
+
+    def decode_bias(self, dtype: torch.dtype) -> torch.Tensor:
+        """Mark slot `length` real and return the additive bias of slots [0, length]:
+        (B, 1, 1, length + 1), what one new token per row may attend to."""
+        start = self.length
+        self.mask[:, start] = True
+        if self.bias is None or self.bias.dtype != dtype:
+            self.bias = torch.zeros(self.mask.shape, dtype=dtype, device=self.mask.device)
+            self.bias.masked_fill_(~self.mask, float("-inf"))
+        else:
+            self.bias[:, start] = 0.0
+        return self.bias[:, None, None, : start + 1]
 
 
 class FixedShapeDecode:

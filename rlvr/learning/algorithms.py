@@ -5,7 +5,7 @@ comes from and writes out its formula, so a reader can check the code against th
 
     advantages     compute_advantages (grpo, dr_grpo, batch_std, rloo, reinforce_pp),
                    combine_rewards (several reward functions)
-    length         mask_truncated (a loss mask); the overlong reward is in rlvr/rewards.py
+    length         mask_truncated (a loss mask); the overlong reward is in rlvr/verifiers/rewards.py
     tokens         token_logprobs, entropy_from_logits, kl_k3, masked_mean
     losses         policy_loss (grpo, bnpo, dr_grpo, dapo, gspo, cispo; dual clip, KL,
                    entropy bonus), clipped_policy_loss (the original token-mean loss)

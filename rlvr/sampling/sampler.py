@@ -1,0 +1,157 @@
+"""The sampler role: a GRPO step's problems in, verified and scored episodes out.
+
+A sampler holds a policy at some version, draws the step's problems from the seeded
+`ProblemStream`, samples `grpo.group_size` completions of each (`rollout`: the engine decodes,
+the verifier pool grades each completion as it finishes), and returns them as `Rollouts`,
+every episode stamped with the policy version that sampled it. With DAPO's dynamic sampling
+it drops the groups whose rewards are all equal and samples more problems until the batch
+is full (at most `grpo.max_sampling_rounds` rounds).
+
+`Sampler` runs in the training process on the learner's own model object (the synchronous
+loop: the policy that samples step n is the one step n - 1 left). `SamplerProcess`
+(rlvr/sampling/process.py) runs the same code in a process of its own, a fixed number of
+versions behind the learner.
+
+    sampler = Sampler(policy, tokenizer, scorer, task, cfg)
+    rollouts = sampler.rollouts(step=1)           # sampled by the policy as it is now
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from rlvr.config import Config
+from rlvr.device import autocast
+from rlvr.errors import ConfigError
+from rlvr.sampling.engine import Engine
+from rlvr.sampling.rollout import Episode, rollout
+from rlvr.tasks import Problem
+from rlvr.tokenizer import CharTokenizer
+from rlvr.verifiers.rewards import Scorer
+
+
+@dataclass
+class Rollouts:
+    """What one GRPO step sampled: the episodes the learner trains on, and their cost."""
+
+    step: int
+    """The GRPO step these episodes are for."""
+    policy_version: int
+    """The policy version that sampled them (the learner's step count when it did)."""
+    sampled: list[Episode]
+    """Every episode sampled for the step, in sampling order (the step's reward metrics)."""
+    episodes: list[Episode]
+    """Those the learner trains on (dynamic sampling drops groups with equal rewards)."""
+    rounds: int
+    """Sampling rounds (1 unless dynamic sampling asked for more)."""
+    dropped_groups: int
+    """Groups dropped by dynamic sampling."""
+    seconds: float
+    """Wall time of the sampling (decoding and verification), seconds."""
+
+
+def informative_groups(episodes: list[Episode], group_size: int) -> list[Episode]:
+    """The groups whose rewards are not all equal (DAPO dynamic sampling keeps only these)."""
+    kept = []
+    for i in range(0, len(episodes), group_size):
+        group = episodes[i : i + group_size]
+        if len({ep.reward for ep in group}) > 1:
+            kept += group
+    return kept
+
+
+class ProblemStream:
+    """The seeded, endless stream of GRPO training batches, addressable by batch index.
+
+    Batch i is the same for the same seed however the run got there, so a resumed run picks
+    up at the index its checkpoint saved.
+    """
+
+    def __init__(self, task, cfg: Config) -> None:
+        self.task, self.seed, self.size = task, cfg.seed, cfg.grpo.num_prompts
+        # Each round is a fresh seeded draw of up to 50 batches (a dataset: all of it, shuffled).
+        available = task.num_problems("train") if hasattr(task, "num_problems") else 1 << 62
+        self.batches_per_round = min(50, available // self.size)
+        if self.batches_per_round == 0:
+            raise ConfigError(
+                f"The task has {available} training problems, fewer than grpo.num_prompts = "
+                f"{self.size}; lower grpo.num_prompts or add problems."
+            )
+        self._round, self._pool = -1, []
+
+    def batch(self, index: int) -> list[Problem]:
+        round_, offset = divmod(index, self.batches_per_round)
+        if round_ != self._round:
+            self._pool = self.task.problems(
+                "train", self.size * self.batches_per_round, seed=self.seed * 7919 + 17 + round_
+            )
+            self._round = round_
+        return self._pool[offset * self.size : (offset + 1) * self.size]
+
+
+class Sampler:
+    """The sampler role in this process, on the model object it is given.
+
+    The synchronous loop gives it the learner's own policy, so weights need no hand-over:
+    step n samples with the policy that step n - 1 left (policy version n - 1).
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer: CharTokenizer, scorer: Scorer,
+                 task, cfg: Config) -> None:  # fmt: skip
+        self.model, self.tokenizer, self.scorer, self.cfg = model, tokenizer, scorer, cfg
+        self.engine = Engine(model, pad_id=tokenizer.pad_id)
+        self.generator = torch.Generator().manual_seed(cfg.seed + 2)
+        self.problems = ProblemStream(task, cfg)
+        self.batches_drawn = 0
+        """How many problem batches have been taken from the stream."""
+
+    def rollouts(self, step: int) -> Rollouts:
+        """Sample step `step`'s episodes with the model as it is now (version step - 1)."""
+        return self.sample(step, policy_version=step - 1)
+
+    def sample(self, step: int, policy_version: int) -> Rollouts:
+        """k completions per problem of the next batch, verified as each finishes; with
+        dynamic sampling, more batches until enough groups have unequal rewards."""
+        g, t0 = self.cfg.grpo, time.perf_counter()
+        self.model.eval()
+        target = g.num_prompts * g.group_size
+        sampled: list[Episode] = []
+        episodes: list[Episode] = []
+        rounds = flat_groups = 0
+        while rounds == 0 or (
+            g.dynamic_sampling and len(episodes) < target and rounds < g.max_sampling_rounds
+        ):
+            with autocast(self.cfg, self.model):
+                new = rollout(
+                    self.engine, self.tokenizer, self.scorer,
+                    self.problems.batch(self.batches_drawn),
+                    num_samples=g.group_size, max_new_tokens=g.max_new_tokens,
+                    temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
+                    generator=self.generator, policy_version=policy_version,
+                    ignore_eos=g.ignore_eos, min_new_tokens=g.min_new_tokens,
+                )  # fmt: skip
+            self.batches_drawn, rounds = self.batches_drawn + 1, rounds + 1
+            sampled += new
+            kept = informative_groups(new, g.group_size) if g.dynamic_sampling else new
+            flat_groups += (len(new) - len(kept)) // g.group_size
+            episodes += kept
+        return Rollouts(step, policy_version, sampled, episodes[:target], rounds, flat_groups,
+                        time.perf_counter() - t0)  # fmt: skip
+
+    def publish(self, model: torch.nn.Module, version: int) -> None:
+        """The learner's weights after step `version`: nothing to hand over here, the
+        sampler's model is the learner's own."""
+
+    def state_dict(self) -> dict:
+        """What a checkpoint needs to continue the same stream of samples."""
+        return {"generator": self.generator.get_state(), "batches_drawn": self.batches_drawn}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.batches_drawn = state["batches_drawn"]
+
+    def close(self) -> None:
+        """Nothing to release in this process."""
