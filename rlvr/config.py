@@ -18,6 +18,7 @@ import datetime
 import difflib
 import inspect
 import math
+import os
 import re
 import sys
 import typing
@@ -140,6 +141,11 @@ class GRPOConfig:
     """Largest importance weight kept."""
     eval_every: int = 20
     """Evaluate on the held-out split every this many GRPO steps (0: only before and after)."""
+    max_staleness: int = 0
+    """Asynchronous GRPO: the learner trains step n on episodes sampled by the policy of step
+    n - max_staleness (policy version n - 1 - max_staleness) while a sampler process already
+    samples the next steps; 0 is the synchronous loop. The lag is fixed, so the run does not
+    depend on timing: the same seed and threads give the same run."""
 
 
 @dataclass
@@ -208,6 +214,22 @@ class LoraConfig:
 
 
 @dataclass
+class SamplerConfig:
+    threads: int = 1
+    """torch threads of the sampler process of an asynchronous GRPO phase
+    (grpo.max_staleness > 0); the synchronous loop samples in the training process with
+    `threads`."""
+
+
+@dataclass
+class LearnerConfig:
+    threads: int = 1
+    """torch threads of the training process during an asynchronous GRPO phase
+    (grpo.max_staleness > 0): the updates and the evaluations in between; pretraining, the
+    final evaluation and the synchronous loop use `threads`."""
+
+
+@dataclass
 class Config:
     seed: int = 0
     """Seed for problems, initialisation and sampling; the same seed gives the same run."""
@@ -249,6 +271,8 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
 
 
 # ----------------------------------------------------------------------------- field docs
@@ -443,7 +467,8 @@ def validate(cfg: Config) -> None:
         value = getattr(m, name)
         need(value > 0, f"model.{name} must be greater than 0, got {value}.")
     sections = {"": cfg, "model.": m, "pretrain.": p, "grpo.": g, "reward.": cfg.reward,
-                "eval.": e, "checkpoint.": cfg.checkpoint, "lora.": cfg.lora}  # fmt: skip
+                "eval.": e, "checkpoint.": cfg.checkpoint, "lora.": cfg.lora,
+                "sampler.": cfg.sampler, "learner.": cfg.learner}  # fmt: skip
     for prefix, section in sections.items():
         for f in dataclasses.fields(section):
             value = getattr(section, f.name)
@@ -616,6 +641,29 @@ def validate(cfg: Config) -> None:
         "its adapters turned off, i.e. the base weights, which LoRA never changes; set "
         "grpo.ref_update_every = 0 (or lora.rank = 0 to train all weights).",
     )
+    need(
+        g.max_staleness >= 0,
+        f"grpo.max_staleness must be 0 (synchronous) or more, got {g.max_staleness}.",
+    )
+    for key, value in [
+        ("sampler.threads", cfg.sampler.threads),
+        ("learner.threads", cfg.learner.threads),
+    ]:
+        need(value >= 1, f"{key} must be at least 1, got {value}.")
+    if g.max_staleness > 0:
+        cores = os.cpu_count() or 1
+        roles = cfg.sampler.threads + cfg.learner.threads
+        need(
+            roles <= cores,
+            f"sampler.threads ({cfg.sampler.threads}) + learner.threads ({cfg.learner.threads}) "
+            f"= {roles} is more than this machine's {cores} cores; the two roles of an "
+            "asynchronous run would fight for them: lower one of them.",
+        )
+        need(
+            lora.rank == 0,
+            "grpo.max_staleness > 0 is not supported with LoRA (lora.rank > 0): the sampler "
+            "process receives whole weights; set grpo.max_staleness = 0 or lora.rank = 0.",
+        )
     for name, weight in r.functions.items():
         need(
             isinstance(weight, (int, float)) and not isinstance(weight, bool),

@@ -35,6 +35,14 @@ from rich.table import Table
 METRICS_FILE = "metrics.jsonl"
 DROPPED_FILE = "metrics.dropped.jsonl"
 _RESERVED = ("phase", "step", "time")
+# Metrics that depend on the clock (or on how the machine scheduled the processes), not only on
+# the numbers a run computes: a resumed or repeated run reproduces every other metric exactly.
+CLOCK_DEPENDENT = ("time", "seconds", "per_second", "verifier_queue_depth", "sampler_restarts")
+
+
+def depends_on_clock(key: str) -> bool:
+    """Whether the metric `key` may differ between two runs with the same seed and threads."""
+    return any(part in key for part in CLOCK_DEPENDENT)
 
 
 def _to_json_value(value: Any) -> Any:

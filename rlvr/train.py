@@ -41,7 +41,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -58,8 +58,10 @@ from rlvr.learning.updates import too_many_bad_steps
 from rlvr.lora import check_targets
 from rlvr.model import Transformer
 from rlvr.report import RunLogger, console, plot_metrics, progress_bar, write_samples
+from rlvr.sampling.process import SamplerProcess, check_async
 from rlvr.sampling.sampler import Rollouts, Sampler
 from rlvr.tasks import TASKS, Problem
+from rlvr.timeline import plot_timeline, record_step
 from rlvr.tokenizer import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, CharTokenizer
 from rlvr.verifiers.rewards import Scorer, open_pool
 
@@ -167,16 +169,23 @@ def stop_on_signals() -> Iterator[Callable[[], bool]]:
 # ----------------------------------------------------------------------------- GRPO
 
 
-def step_metrics(rollouts: Rollouts, result: StepResult, seconds: float, group_size: int) -> dict:
+def step_metrics(rollouts: Rollouts, result: StepResult, times: dict[str, float], g) -> dict:
     """One metrics.jsonl line of a GRPO step: rewards and behaviour of everything sampled,
-    the learner's per-update statistics (averaged), and what the step cost."""
+    the learner's per-update statistics (averaged), staleness, and what each role cost.
+
+    times: "step" (seconds of the whole step as the loop saw it), "learner" (the update),
+    "learner_wait" (the learner waiting for the episodes), "sampler_wait" (the sampler idle
+    before it started the step)."""
     sampled, n = rollouts.sampled, len(rollouts.sampled)
     num_tokens = sum(len(ep.completion_ids) for ep in sampled)
     parts: dict[str, float] = {}
     for ep in sampled:
         for name, value in ep.parts.items():
             parts[f"reward/{name}"] = parts.get(f"reward/{name}", 0.0) + value / n
-    return {
+    staleness = rollouts.step - 1 - rollouts.policy_version
+    learned = sum(len(ep.prompt_ids) + len(ep.completion_ids) for ep in rollouts.episodes)
+    v = rollouts.timings
+    metrics = {
         "reward": torch.tensor([ep.reward for ep in sampled]).mean().item(),
         "accuracy": sum(ep.parts.get("accuracy", 0.0) for ep in sampled) / n,
         "format_rate": sum(ep.parts.get("format", 0.0) for ep in sampled) / n,
@@ -190,13 +199,39 @@ def step_metrics(rollouts: Rollouts, result: StepResult, seconds: float, group_s
         "skipped_updates": result.skipped,
         "sampling_rounds": rollouts.rounds,
         "dropped_groups": rollouts.dropped_groups,
-        "dropped_fraction": rollouts.dropped_groups * group_size / n,
+        "dropped_fraction": rollouts.dropped_groups * g.group_size / n,
         **{key: sum(v) / len(v) for key, v in result.stats.items()},
         "policy_version": rollouts.step,
-        "step_seconds": seconds,
+        "sampled_version": rollouts.policy_version,
+        "staleness": staleness,
+        "step_seconds": times["step"],
         "sample_seconds": rollouts.seconds,
-        "tokens_per_second": num_tokens / seconds,
+        "tokens_per_second": num_tokens / times["step"],
+        # per role: the sampler (decoding), the verifier pool, the learner
+        "sampler_tokens_per_second": num_tokens / max(rollouts.seconds, 1e-9),
+        "sampler_wait_seconds": times["sampler_wait"],
+        "verifier_items_per_second": v.get("verify_items", 0) / max(v.get("verify_seconds", 0), 1e-9),
+        "verifier_queue_depth": v.get("verify_backlog", 0),
+        "verify_tail_seconds": v.get("verify_tail_seconds", 0.0),
+        "learner_seconds": times["learner"],
+        "learner_tokens_per_second": learned / max(times["learner"], 1e-9),
+        "learner_wait_seconds": times["learner_wait"],
     }  # fmt: skip
+    if "mismatch_kl" in result.stats:
+        metrics[f"mismatch_kl/staleness_{staleness}"] = metrics["mismatch_kl"]
+    return metrics
+
+
+def make_sampler(policy, tokenizer, task, scorer: Scorer, cfg: Config, first_step: int,
+                 resume: dict | None) -> Sampler | SamplerProcess:  # fmt: skip
+    """The sampler role for this GRPO phase: in this process on the learner's own model
+    (grpo.max_staleness = 0), or in a process of its own, max_staleness versions behind."""
+    if cfg.grpo.max_staleness == 0:
+        sampler = Sampler(policy, tokenizer, scorer, task, cfg)
+        if resume is not None:
+            sampler.load_state_dict(resume)
+        return sampler
+    return SamplerProcess(policy, tokenizer, task, cfg, scorer.system_prompt, first_step, resume)
 
 
 def grpo(
@@ -212,14 +247,14 @@ def grpo(
     resume: dict | None = None,
     before: dict | None = None,
 ) -> float:
-    """GRPO; returns the mean seconds per step (sampling + verification + update).
+    """GRPO; returns the mean seconds per step (sampling + verification + update, or with
+    grpo.max_staleness > 0 the learner's wait + update).
 
     `before` (the evaluation before GRPO) is stored in each checkpoint for the run summary.
     """
     g = cfg.grpo
     device = next(policy.parameters()).device
     learner = GRPOLearner(policy, cfg, tokenizer.pad_id, scorer.weights)
-    sampler = Sampler(policy, tokenizer, scorer, task, cfg)
     first = 1
     if resume is not None:
         if "torch_rng" in resume:  # LoRA dropout draws from it
@@ -227,22 +262,37 @@ def grpo(
         if resume.get("cuda_rng") is not None and device.type == "cuda":
             torch.cuda.set_rng_state(resume["cuda_rng"], device)
         learner.load_state_dict(resume)
-        sampler.load_state_dict(resume)
         first = resume["step"] + 1
-    step_seconds = []
+    if g.max_staleness > 0:
+        torch.set_num_threads(cfg.learner.threads)
+    sampler = make_sampler(policy, tokenizer, task, scorer, cfg, first, resume)
+    step_seconds, last_sampled, last_learned = [], None, None
 
-    with progress_bar("grpo", g.steps, done=first - 1) as advance:
+    with progress_bar("grpo", g.steps, done=first - 1) as advance, closing(sampler):
         for step in range(first, g.steps + 1):
-            t0 = time.perf_counter()
-            # Sample k completions per problem (each verified as soon as it finishes), then
-            # update the policy on them: it becomes version `step`.
+            t0 = time.monotonic()
+            # Sample k completions per problem (each verified as soon as it finishes), with
+            # the policy of step - max_staleness; then update: the policy becomes `step`.
             rollouts = sampler.rollouts(step)
+            t_learn = time.monotonic()
             result = learner.train_step(rollouts.episodes, step)
             sampler.publish(policy, version=step)
-            step_seconds.append(time.perf_counter() - t0)
+            t_done = time.monotonic()
+            step_seconds.append(t_done - t0)
 
-            metrics = step_metrics(rollouts, result, step_seconds[-1], g.group_size)
+            times = {"step": t_done - t0, "learner": t_done - t_learn,
+                     "learner_wait": t_learn - (last_learned or t0),
+                     "sampler_wait": rollouts.start - (last_sampled or rollouts.start)}  # fmt: skip
+            metrics = step_metrics(rollouts, result, times, g)
+            if isinstance(sampler, SamplerProcess):
+                metrics["sampler_restarts"] = sampler.restarts
+                metrics["lost_sampling_seconds"] = sampler.lost_seconds
             logger.log("grpo", step, metrics)
+            verify_start = rollouts.end - rollouts.timings.get("verify_seconds", 0.0)
+            record_step(logger.run_dir, step, {"sampler": (rollouts.start, rollouts.end),
+                                               "verifier": (verify_start, rollouts.end),
+                                               "learner": (t_learn, t_done)})  # fmt: skip
+            last_sampled, last_learned = rollouts.end, t_done
             advance(f"reward {metrics['reward']:.2f}  think {metrics['think_rate']:.2f}")
             too_many_bad_steps(cfg.max_bad_steps, "GRPO", step, learner.bad_in_row,
                                checkpointer.last, cfg.run_dir)  # fmt: skip
@@ -264,6 +314,7 @@ def grpo(
                 })  # fmt: skip
             if stop and step < g.steps:
                 raise StopRequested(f"GRPO step {step}", str(checkpointer.run_dir))
+    torch.set_num_threads(cfg.threads)
 
     # the first step pays one-off costs (allocations, warm caches); report the steady state
     steady = step_seconds[1:] or step_seconds
@@ -341,6 +392,8 @@ def run(cfg: Config, resume: bool = False) -> tuple[Path, dict]:
                 'prompt format has none; set system_prompt = "" or train a Hugging Face model.'
             )
         device = place_model(policy, cfg.device)
+        if cfg.grpo.max_staleness > 0 and cfg.grpo.steps > 0:
+            check_async(policy)  # before any evaluation or training
         if device.type == "cuda":
             console.print(f"device: {device} ({torch.cuda.get_device_name(device)})")
         checkpointer = Checkpointer(run_dir, cfg, tokenizer)
@@ -385,6 +438,7 @@ def run(cfg: Config, resume: bool = False) -> tuple[Path, dict]:
 
     if cfg.plots:
         plot_metrics(run_dir)
+        plot_timeline(run_dir)
     for key, value in before.items():
         summary[f"pretrain_{key}"] = value
     for key, value in after.items():

@@ -25,6 +25,13 @@ def length_reward(completion: str, problem) -> float:
     return min(len(completion), 60) / 60
 
 
+def slow_length_reward(completion: str, problem) -> float:
+    """length_reward after FAULTS_REWARD_SLEEP seconds (default 0), so that a test can kill a
+    run whose sampling happens in another process in the middle of a GRPO phase."""
+    time.sleep(float(os.environ.get("FAULTS_REWARD_SLEEP", "0")))
+    return length_reward(completion, problem)
+
+
 def _hash(completion: str, problem) -> int:
     return zlib.crc32(f"{problem.prompt}\0{completion}".encode())
 

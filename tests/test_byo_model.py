@@ -18,6 +18,7 @@ from rlvr.checkpoint import load_checkpoint  # noqa: E402
 from rlvr.cli import main, recipe_path  # noqa: E402
 from rlvr.config import load_config  # noqa: E402
 from rlvr.hf import R1_SYSTEM_PROMPT, HFTokenizer  # noqa: E402
+from rlvr.report import depends_on_clock  # noqa: E402
 from rlvr.sampling.rollout import prompt_text, response_text  # noqa: E402
 from rlvr.tasks import Problem  # noqa: E402
 
@@ -32,7 +33,6 @@ RUN = [
     "--checkpoint.every", "1", "--reward.workers", "0", "--threads", "1",
     "--system_prompt", "r1", "--reward.functions", '{"test_byo_model:digits" = 1.0}',
 ]  # fmt: skip
-TIMING = {"time", "step_seconds", "sample_seconds", "tokens_per_second"}
 
 
 def digits(completion: str, problem) -> float:
@@ -114,7 +114,11 @@ def trained(checkpoint, tmp_path_factory):
 
 def grpo_rows(run_dir):
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows if r["phase"] == "grpo"]
+    return [
+        {k: v for k, v in r.items() if not depends_on_clock(k)}
+        for r in rows
+        if r["phase"] == "grpo"
+    ]
 
 
 def test_prompts_go_through_the_chat_template_with_the_system_prompt(checkpoint):

@@ -25,7 +25,7 @@ from rlvr.checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint, 
 from rlvr.cli import main
 from rlvr.config import Config, LoraConfig
 from rlvr.model import ModelConfig, Transformer
-from rlvr.report import read_metrics
+from rlvr.report import depends_on_clock, read_metrics
 
 peft = pytest.importorskip("peft")
 
@@ -49,7 +49,6 @@ TINY = [
     "--reward.functions", '{"faults:length_reward" = 0.5}',
 ]  # fmt: skip
 LORA = ["--lora.rank", "4", "--lora.dropout", "0.1", "--lora.target_modules", '["q_proj", "v_proj", "down_proj"]']  # fmt: skip
-TIMING = ("time", "seconds", "per_second")
 
 
 def train(out: Path, *extra: str) -> int:
@@ -57,7 +56,7 @@ def train(out: Path, *extra: str) -> int:
 
 
 def without_timing(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if not any(t in k for t in TIMING)} for r in rows]
+    return [{k: v for k, v in r.items() if not depends_on_clock(k)} for r in rows]
 
 
 def adapted_policy(run_dir: Path) -> torch.nn.Module:

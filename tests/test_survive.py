@@ -45,6 +45,7 @@ from rlvr.checkpoint import (
 )
 from rlvr.cli import main
 from rlvr.config import ConfigError, load_config
+from rlvr.report import depends_on_clock
 from rlvr.tasks import TASKS
 
 TESTS = Path(__file__).resolve().parent
@@ -59,7 +60,6 @@ TINY = [
     "--reward.functions", '{"faults:length_reward" = 0.5}',
 ]  # fmt: skip
 SHORT = ["--grpo.steps", "3", "--checkpoint.every", "0"]  # for the in-loop fault tests
-TIMING = ("time", "seconds", "per_second")
 PATIENCE_S = 180  # polling limit: generous, the machine may be loaded
 # picks the kill and signal points; seeded, so that a failure replays (SURVIVE_SEED=n tries others)
 RNG = random.Random(int(os.environ.get("SURVIVE_SEED", "6")))
@@ -86,7 +86,7 @@ def grpo_records(run_dir: Path) -> list[dict]:
 
 
 def without_timing(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if not any(t in k for t in TIMING)} for r in rows]
+    return [{k: v for k, v in r.items() if not depends_on_clock(k)} for r in rows]
 
 
 def assert_same_run(run: Path, baseline: Path) -> None:

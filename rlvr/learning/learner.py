@@ -27,7 +27,9 @@ from rlvr.learning.algorithms import (
     combine_rewards,
     compute_advantages,
     entropy_from_logits,
+    kl_k3,
     mask_truncated,
+    masked_mean,
     policy_loss,
     sampler_correction,
     token_logprobs,
@@ -161,7 +163,7 @@ class GRPOLearner:
             policy.train()
             set_lr(self.optimizer, g.lr * min(1.0, step / max(1, g.warmup_steps)))
             num_groups = len(episodes) // g.group_size
-            for _ in range(g.num_iterations):
+            for iteration in range(g.num_iterations):
                 order = torch.randperm(num_groups, generator=self.shuffle)
                 for group_ids in order.chunk(g.num_minibatches):
                     rows = (
@@ -174,6 +176,16 @@ class GRPOLearner:
                         logprobs, logits = sequence_logprobs(policy, mb, g.temperature)
                     # one optimizer step per minibatch: dapo's "whole batch" is this one
                     mask = mb["completion_mask"]
+                    if iteration == 0 and g.is_level == "none":
+                        # How far the sampler's policy (stale by `staleness` versions in an
+                        # asynchronous run) is from the learner's, before this update.
+                        stats.setdefault("mismatch_kl", []).append(
+                            float(
+                                masked_mean(
+                                    kl_k3(mb["old_logprobs"], logprobs.detach()), mask.bool()
+                                )
+                            )
+                        )
                     loss, loss_stats = policy_loss(
                         logprobs, mb["old_logprobs"], mb["advantages"], mask,
                         loss_type=g.loss_type, epsilon_low=g.epsilon,

@@ -16,6 +16,8 @@ assistant turn opened. Completions stop at `tokenizer.stop_ids`.
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -48,6 +50,19 @@ class Episode:
     """Reward parts that were NaN or infinite and were scored 0."""
     verifier_failures: int = 0
     """Verifications (task or reward function) that timed out or crashed, scored 0."""
+
+    def to_dict(self) -> dict:
+        """Plain data (lists, numbers, strings): what a checkpoint stores of an episode."""
+        data = dataclasses.asdict(self)
+        data["problem"] = self.problem.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Episode:
+        data = dict(data)
+        data["problem"] = Problem.from_dict(data["problem"])
+        data["verdict"] = Verdict(**data["verdict"])
+        return cls(**data)
 
     @property
     def thought(self) -> bool:
@@ -91,10 +106,14 @@ def rollout(
     think: bool | None = None,
     ignore_eos: bool = False,
     min_new_tokens: int = 0,
+    timings: dict | None = None,
 ) -> list[Episode]:
     """Sample `num_samples` completions per problem and score each; group-major order.
 
-    The prompts carry `scorer.system_prompt` (empty: none)."""
+    The prompts carry `scorer.system_prompt` (empty: none). `timings`, if given, receives
+    how verification kept up with decoding: "decode_seconds", "verify_tail_seconds" (waiting
+    for verdicts after the last token), "verify_items", "verify_seconds" (first hand-over to
+    last verdict) and "verify_backlog" (completions still unverified when decoding ended)."""
     prefill = EMPTY_THINK if think is False else ""
     prompts = []
     for p in problems:
@@ -106,8 +125,12 @@ def rollout(
                 "model whose tokenizer covers its characters."
             ) from e
     pending: dict[tuple[int, int], tuple[str, dict]] = {}
+    t_start = time.perf_counter()
+    first_submit: list[float] = []
 
     def verify_now(c: Completion) -> None:
+        if not first_submit:
+            first_submit.append(time.perf_counter())
         response = response_text(tokenizer, c.token_ids, prefill)
         pending[c.prompt_index, c.sample_index] = (
             response,
@@ -126,6 +149,8 @@ def rollout(
         generator=generator,
         on_complete=verify_now,
     )
+    t_decoded = time.perf_counter()
+    backlog = sum(not all(h.done() for h in handles.values()) for _, handles in pending.values())
     episodes = []
     for c in completions:
         response, handles = pending[c.prompt_index, c.sample_index]
@@ -146,4 +171,11 @@ def rollout(
                 verifier_failures=scored.failed,
             )
         )
+    if timings is not None:
+        t_end = time.perf_counter()
+        timings["decode_seconds"] = timings.get("decode_seconds", 0.0) + t_decoded - t_start
+        timings["verify_tail_seconds"] = timings.get("verify_tail_seconds", 0.0) + t_end - t_decoded
+        timings["verify_items"] = timings.get("verify_items", 0) + len(completions)
+        timings["verify_seconds"] = timings.get("verify_seconds", 0.0) + t_end - first_submit[0]
+        timings["verify_backlog"] = timings.get("verify_backlog", 0) + backlog
     return episodes

@@ -18,8 +18,9 @@ versions behind the learner.
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -43,23 +44,52 @@ class Rollouts:
     """The policy version that sampled them (the learner's step count when it did)."""
     sampled: list[Episode]
     """Every episode sampled for the step, in sampling order (the step's reward metrics)."""
-    episodes: list[Episode]
-    """Those the learner trains on (dynamic sampling drops groups with equal rewards)."""
+    kept: list[int]
+    """Indices into `sampled` of the episodes the learner trains on (dynamic sampling drops
+    groups whose rewards are all equal)."""
     rounds: int
     """Sampling rounds (1 unless dynamic sampling asked for more)."""
     dropped_groups: int
     """Groups dropped by dynamic sampling."""
-    seconds: float
-    """Wall time of the sampling (decoding and verification), seconds."""
+    start: float
+    """When sampling started and ended, `time.monotonic()` seconds (the same clock in every
+    process of the machine: the run's timeline)."""
+    end: float
+    waited: float = 0.0
+    """Seconds the sampler waited for this step's weights before it could start."""
+    timings: dict = field(default_factory=dict)
+    """Verification against decoding (`rollout`'s timings, summed over the rounds)."""
+
+    @property
+    def episodes(self) -> list[Episode]:
+        """The episodes the learner trains on (whole groups, group-major)."""
+        return [self.sampled[i] for i in self.kept]
+
+    @property
+    def seconds(self) -> float:
+        """Wall time of the sampling (decoding and verification), seconds."""
+        return self.end - self.start
+
+    def to_dict(self) -> dict:
+        """Plain data, for a checkpoint that holds rollouts sampled ahead of the learner."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["sampled"] = [ep.to_dict() for ep in self.sampled]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Rollouts:
+        data = dict(data)
+        data["sampled"] = [Episode.from_dict(ep) for ep in data["sampled"]]
+        return cls(**data)
 
 
-def informative_groups(episodes: list[Episode], group_size: int) -> list[Episode]:
-    """The groups whose rewards are not all equal (DAPO dynamic sampling keeps only these)."""
+def informative_groups(episodes: list[Episode], group_size: int) -> list[int]:
+    """Indices of the episodes in groups whose rewards are not all equal (DAPO dynamic
+    sampling keeps only these)."""
     kept = []
     for i in range(0, len(episodes), group_size):
-        group = episodes[i : i + group_size]
-        if len({ep.reward for ep in group}) > 1:
-            kept += group
+        if len({ep.reward for ep in episodes[i : i + group_size]}) > 1:
+            kept += range(i, i + group_size)
     return kept
 
 
@@ -107,22 +137,28 @@ class Sampler:
         self.problems = ProblemStream(task, cfg)
         self.batches_drawn = 0
         """How many problem batches have been taken from the stream."""
+        self.pending: dict[int, Rollouts] = {}
+        """Rollouts an asynchronous run sampled ahead and its checkpoint stored, by step."""
 
     def rollouts(self, step: int) -> Rollouts:
-        """Sample step `step`'s episodes with the model as it is now (version step - 1)."""
+        """Step `step`'s episodes: sampled with the model as it is now (version step - 1), or
+        taken from what a checkpoint of an asynchronous run stored for that step."""
+        if step in self.pending:
+            return self.pending.pop(step)
         return self.sample(step, policy_version=step - 1)
 
     def sample(self, step: int, policy_version: int) -> Rollouts:
         """k completions per problem of the next batch, verified as each finishes; with
         dynamic sampling, more batches until enough groups have unequal rewards."""
-        g, t0 = self.cfg.grpo, time.perf_counter()
+        g, start = self.cfg.grpo, time.monotonic()
         self.model.eval()
         target = g.num_prompts * g.group_size
         sampled: list[Episode] = []
-        episodes: list[Episode] = []
+        kept: list[int] = []
         rounds = flat_groups = 0
+        timings: dict = {}
         while rounds == 0 or (
-            g.dynamic_sampling and len(episodes) < target and rounds < g.max_sampling_rounds
+            g.dynamic_sampling and len(kept) < target and rounds < g.max_sampling_rounds
         ):
             with autocast(self.cfg, self.model):
                 new = rollout(
@@ -131,15 +167,15 @@ class Sampler:
                     num_samples=g.group_size, max_new_tokens=g.max_new_tokens,
                     temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
                     generator=self.generator, policy_version=policy_version,
-                    ignore_eos=g.ignore_eos, min_new_tokens=g.min_new_tokens,
+                    ignore_eos=g.ignore_eos, min_new_tokens=g.min_new_tokens, timings=timings,
                 )  # fmt: skip
             self.batches_drawn, rounds = self.batches_drawn + 1, rounds + 1
+            keep = informative_groups(new, g.group_size) if g.dynamic_sampling else range(len(new))
+            flat_groups += (len(new) - len(keep)) // g.group_size
+            kept += [len(sampled) + i for i in keep]
             sampled += new
-            kept = informative_groups(new, g.group_size) if g.dynamic_sampling else new
-            flat_groups += (len(new) - len(kept)) // g.group_size
-            episodes += kept
-        return Rollouts(step, policy_version, sampled, episodes[:target], rounds, flat_groups,
-                        time.perf_counter() - t0)  # fmt: skip
+        return Rollouts(step, policy_version, sampled, kept[:target], rounds, flat_groups,
+                        start, time.monotonic(), timings=timings)  # fmt: skip
 
     def publish(self, model: torch.nn.Module, version: int) -> None:
         """The learner's weights after step `version`: nothing to hand over here, the
@@ -147,11 +183,17 @@ class Sampler:
 
     def state_dict(self) -> dict:
         """What a checkpoint needs to continue the same stream of samples."""
-        return {"generator": self.generator.get_state(), "batches_drawn": self.batches_drawn}
+        state = {"generator": self.generator.get_state(), "batches_drawn": self.batches_drawn}
+        if self.pending:  # (resumed from an asynchronous run and not yet trained on)
+            state["pending_rollouts"] = [self.pending[s].to_dict() for s in sorted(self.pending)]
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
         self.batches_drawn = state["batches_drawn"]
+        for data in state.get("pending_rollouts") or []:
+            rollouts = Rollouts.from_dict(data)
+            self.pending[rollouts.step] = rollouts
 
     def close(self) -> None:
         """Nothing to release in this process."""

@@ -97,6 +97,9 @@ class _Done:
     def result(self) -> Any:
         return self._value
 
+    def done(self) -> bool:
+        return True
+
 
 def _finite(value: float) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
