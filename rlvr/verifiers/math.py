@@ -392,7 +392,7 @@ def to_latex(text: str) -> str:
     for name, latex in (("sqrt", "\\sqrt"), ("√", "\\sqrt"), ("cbrt", "\\sqrt[3]"), ("^", "^")):
         text = _calls_to_braces(text, name, latex)
     # A braceless exponent of several characters is one exponent: x^12, x^-2, e^-x.
-    text = re.sub(r"\^\s*(-?\d+(?:\.\d+)?|-[A-Za-z])(?![\d.])", r"^{\1}", text)
+    text = re.sub(r"\^\s*(-?\d+(?:\.\d+)?|-[A-Za-z])(?!\d|\.\d)", r"^{\1}", text)
     text = re.sub(rf"(?<![A-Za-z\\])({_FUNCTIONS})(?![A-Za-z])", r"\\\1", text)
     text = re.sub(r"(?<![A-Za-z\\])(?:infinity|inf)(?![A-Za-z])", r"\\infty", text)
     return re.sub(r"\\(?:mathrm|text|operatorname|mathit|rm)\s*\{\s*([ei])\s*\}", r"\1", text)
