@@ -53,6 +53,8 @@ def grade(pool, completion: str, gold: str) -> str:
         ("所以答案是 12。", "12", "final_answer"),
         ("Die Antwort ist 12.", "12", "final_answer"),
         ("Ответ: 12", "12", "final_answer"),
+        ("**Answer:** $\\frac{1}{2}$", "$\\frac{1}{2}$", "final_answer"),  # markdown
+        ("**Final Answer**\n\n$$\\frac{1}{2}$$", "$$\\frac{1}{2}$$", "final_answer"),  # own line
         ("<think>\\boxed{1}</think> so \\boxed{2}", "2", "boxed"),  # boxes in thinking ignored
     ],
 )
@@ -325,6 +327,8 @@ def test_symbolic_differences(pool, pred, gold):
         ("y^2 - 3*y + 2", "y^2-3y+2"),
         ("sqrt(2)/2", "\\frac{\\sqrt{2}}{2}"),
         ("3**(1/3)", "\\sqrt[3]{3}"),
+        ("30°", "30^\\circ"),
+        ("x = 2 \\text{ or } x = 3", "3, 2"),  # "or" lists the solutions of a gold with several
         ("(y-1)^2", "(y-1)(y-1)"),
         ("5x^12", "5x^{12}"),
         ("(0.25, 1.5]", "(\\frac14, \\frac32]"),

@@ -67,8 +67,9 @@ Policies (each has a test in tests/test_math_verifier.py):
     when the gold is one value. When the gold has several elements (`1, -2` or `\\{1, -2\\}`),
     the boxed answers together form the answer (`\\boxed{-2} and \\boxed{1}` is right).
     Identical repeats count once (so a thousand `\\boxed{9}` is just 9, and cheap).
-  * An answer joining values with "or" (`3 or 4`, `3 \\text{ or } 4`, `3 \\lor 4`) is wrong
-    unless the gold itself is written that way.
+  * An answer joining values with "or" (`3 or 4`, `3 \\text{ or } 4`, `3 \\lor 4`) or listing
+    several numbers (`12 and 13`, `12, 13`) is wrong when the gold is one value, unless the gold
+    itself is written that way. For a gold with several elements, `x = 2 or x = 3` lists them.
 - The gold: its `\\boxed{}` parts are unwrapped (several boxes form one answer); a gold that is
   empty, or that math-verify cannot parse whole, is status "error" (never reward 1) unless the
   answer is identical to it.
@@ -131,9 +132,9 @@ class Extraction:
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*")
 _FINAL_ANSWER = re.compile(
-    r"(?:final\s+answer|the\s+answer|\banswer(?=\s*[:：])|####|réponse|respuesta|resposta|risposta"
+    r"(?:final\s+answer|the\s+answer|\banswer(?=\**\s*[:：])|####|réponse|respuesta|resposta|risposta"
     r"|antwort|ответ|答案|解答|答え|정답)(?![a-zà-ÿ])"
-    r"\s*(?:(?:is|est|es|é|è|ist)(?![a-zà-ÿ])|是|为|為|は|은|는)?\s*[:：=]?\s*(?P<answer>[^\n]+)",
+    r"\**\s*(?:(?:is|est|es|é|è|ist)(?![a-zà-ÿ])|是|为|為|は|은|는)?\s*[:：=]?\**\s*(?P<answer>[^\n]+)",
     re.IGNORECASE,
 )
 _SENTENCE_END = re.compile(r"\.(?:\s|$)|。|\s+I hope\b", re.IGNORECASE)
@@ -206,7 +207,7 @@ def extract_answer(completion: str) -> Extraction:
     finals = list(_FINAL_ANSWER.finditer(text))
     if finals:
         answer = _SENTENCE_END.split(finals[-1].group("answer"), maxsplit=1)[0]
-        if answer.strip():
+        if answer.strip(" *:."):  # "**Final Answer**" on a line of its own: look further
             return Extraction(answer.strip(), (), "final_answer", finals[-1].group(0))
     display = _LAST_DISPLAY.search(text)
     if display and display.group("body").strip():  # "Answer \\[ \n 9 \n \\]": a display at the end
@@ -259,8 +260,8 @@ def clean_answer(text: str) -> str:
         text = text.strip()
         if not text.endswith("..."):  # an ellipsis is part of the answer
             text = text.rstrip(".,;").strip()
-        if text.startswith("**") and text.endswith("**") and len(text) > 4:
-            text, changed = text[2:-2], True  # markdown bold around the answer
+        if text.startswith("**") or text.endswith("**"):  # markdown bold (or half of it)
+            text, changed = text.removeprefix("**").removesuffix("**"), True
         if text.endswith("\\") and not text.endswith("\\\\"):
             text, changed = text[:-1], True  # "185\\": a stray backslash, not a command
         for open_, close in _DELIMITERS:
@@ -343,7 +344,7 @@ def has_several_elements(gold: str) -> bool:
 
 UNICODE_MATH = {
     "−": "-", "×": "\\times ", "÷": "\\div ", "·": "\\cdot ", "π": "\\pi ", "∞": "\\infty ",
-    "≤": "\\le ", "≥": "\\ge ", "≠": "\\ne ", "…": "\\ldots ", "⋯": "\\cdots ",
+    "≤": "\\le ", "≥": "\\ge ", "≠": "\\ne ", "…": "\\ldots ", "⋯": "\\cdots ", "°": "^{\\circ}",
 }  # fmt: skip
 _E_NOTATION = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)[eE]([+-]?\d+)(?![\w.])")
 _SUPERSCRIPT = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹⁻", "0123456789-")
@@ -588,7 +589,9 @@ def _prepare(completion: str, answer: str) -> tuple[str, Extraction, str] | Verd
     if text and _balanced(gold) and canonical_text(text) == canonical_text(gold):
         return _verdict("correct", "ok (identical to the gold)")
     if lists_alternatives(text) and not lists_alternatives(gold):
-        return _verdict("wrong", f"answer lists alternatives ({text[:40]!r}); one is asked")
+        if not has_several_elements(gold):
+            return _verdict("wrong", f"answer lists alternatives ({text[:40]!r}); one is asked")
+        text = _ALTERNATIVES.sub(",", text)  # "x = 2 or x = 3" for gold "2, 3": the solutions
     if _NUMBER_LIST.match(text) and not (has_several_elements(gold) or _NUMBER_LIST.match(gold)):
         return _verdict("wrong", f"answer lists several numbers ({text[:40]!r}); one is asked")
     return gold, extraction, text
