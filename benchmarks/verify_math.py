@@ -142,8 +142,8 @@ def agreement(cases: list[dict], ours: list, theirs: list[bool], show: bool) -> 
         if show and not ok:
             shown = {k: case[k] for k in ("gold", "prediction", "source")}
             shown["prediction"] = shown["prediction"][-160:]
-            print(f"ours disagrees: {json.dumps(shown, ensure_ascii=False)} expected="
-                  f"{case['expected']} -> {verdict.status}: {verdict.reason[:80]}", file=sys.stderr)  # fmt: skip
+            shown.update(expected=case["expected"], ours=f"{verdict.status}: {verdict.reason[:80]}")
+            print(f"ours disagrees: {json.dumps(shown, ensure_ascii=False)}", file=sys.stderr)
     table = {
         name: {"cases": n, "ours": round(a / n, 4), "math_verify": round(b / n, 4)}
         for name, (n, a, b) in groups.items()
@@ -157,8 +157,9 @@ def main() -> None:
     parser.add_argument("--num-items", type=int, default=10_000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--agreement-only", action="store_true", help="skip the speed part")
-    parser.add_argument("--show-disagreements", action="store_true",
-                        help="print every case rlvr grades against its expected verdict")  # fmt: skip
+    parser.add_argument(
+        "--show-disagreements", action="store_true", help="print the cases rlvr grades wrongly"
+    )
     args = parser.parse_args()
     logging.getLogger("math_verify").setLevel(logging.ERROR)
     items = make_items(args.num_items)

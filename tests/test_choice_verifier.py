@@ -67,6 +67,7 @@ def test_where_the_letter_is_found(completion, letter, source):
         "No letter here, the value is 42.",
         "E'",
         "\\mathrm{E}*2",
+        "\\boxed{A = 5}",  # an equation, not option A
     ],
 )
 def test_no_letter_is_found(completion):

@@ -186,6 +186,7 @@ def test_percent_policy(pred, gold, status):
     [
         ("(1, 2)", "(1,2)", "correct"),
         ("(2, 1)", "(1,2)", "wrong"),  # tuples are ordered
+        ("1, 2", "(1,2)", "correct"),  # a bare list in the tuple's order
         ("\\{2, 1\\}", "\\{1,2\\}", "correct"),  # sets are not
         ("2, 1", "1, 2", "correct"),  # a bare list is a set
         ("\\left( 3, \\frac{\\pi}{2} \\right)", "(3, \\frac{\\pi}{2})", "correct"),

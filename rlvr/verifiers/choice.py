@@ -58,13 +58,14 @@ _ANCHORS = (
     r"|Antwort(?:\s+ist)?|ответ|правильный\s+ответ|"
     r"正确答案(?:是|为)?|答案(?:是|为|應為|应为)?|答え(?:は)?|정답(?:은|는)?)"
 )
+_JOINER = r"(?i:,|、|/|&|\bor\b|\band\b|\bou\b|\bo\b|\boder\b|或|和)"  # "A or B", "A, B"
 _ANCHORED = re.compile(
     rf"(?:{_ANCHORS})\s*(?:[:：=\-—]\s*)?{_FILLER}{_OPEN}(?P<letter>{_L}){_END}{_CLOSE}"
-    rf"(?P<more>(?:\s*(?i:,|、|/|&|\bor\b|\band\b|\bou\b|\bo\b|\boder\b|或|和)\s*{_OPEN}{_L}{_END})*)"
+    rf"(?P<more>(?:\s*{_JOINER}\s*{_OPEN}{_L}{_END})*)"
 )
 _LETTER_ONLY = re.compile(rf"^\W*?{_OPEN}(?P<letter>{_L}){_CLOSE}[.。!:)]*\s*$")
 _LETTER_FIRST = re.compile(
-    rf"^{_OPEN}(?P<letter>{_L})(?P<after>[.。:：)、,，]|\s+|(?=[^\x00-\x7f]))"
+    rf"^{_OPEN}(?P<letter>{_L})(?!\s*[=+*/^<>])(?P<after>[.。:：)、,，]|\s+|(?=[^\x00-\x7f]))"
 )
 _LETTER_LAST = re.compile(rf"(?<![A-Za-z0-9'’])(?P<letter>{_L}){_CLOSE}[.。!]?\s*$")
 _STANDALONE = re.compile(rf"(?<![A-Za-z0-9'’\\{{_^])(?P<letter>{_L})(?![A-Za-z0-9'’}}_^])")

@@ -23,10 +23,11 @@ Extraction (`extract_answer`), in this order, after dropping everything up to th
      Spanish, Portuguese, Italian, German, Russian, Chinese, Japanese and Korean
      ("la réponse est 12", "答案是 12");
   4. a bare answer: the last non-empty line.
-A boxed, tagged or formula-like answer is parsed as one formula, whole: a parse that would
-drop part of it (math-verify falls back to a smaller match, e.g. the leading `1` of
-`1 + \\frac{1}{\\mathrm{e}}`) makes the answer unparsable. An answer in prose ("Il a donc 12
-pommes") is read by math-verify's own extraction, and failing that its last number is the answer.
+A boxed answer, and any answer that looks like a formula (no words), is parsed as one formula,
+whole: a parse that would drop part of it (math-verify falls back to a smaller match, e.g. the
+leading `1` of `1 + \\frac{1}{\\mathrm{e}}`) makes the answer unparsable. An answer in prose
+("Il a donc 12 pommes") is read by math-verify's own extraction, and failing that its last
+number is the answer (first, in scripts written without spaces: "总共有99颗").
 
 Policies (each has a test in tests/test_math_verifier.py):
 - Identical answers: after dropping spaces, `$` / `\\(` delimiters, `\\left` / `\\right`,
@@ -39,12 +40,12 @@ Policies (each has a test in tests/test_math_verifier.py):
   one exponent (`5x^12` is `5x^{12}`). An answer followed by `\\approx 0.71` is its exact part.
 - Constants: `e`, `\\mathrm{e}` are Euler's number, `i`, `\\mathrm{i}` the imaginary unit, `\\pi`.
 - Numbers: compared symbolically first (the difference simplifies to 0), then numerically, never
-  with an absolute tolerance. Integers and fractions compare exactly. When either side is written
-  as a decimal or in scientific notation, both must agree to 6 decimal places *and* within a
-  relative 5e-6 (about 6 significant digits), so `1/3` accepts `0.333333` while `\\frac{1}{2^{61}}` is not
-  `\\frac{1}{2^{60}}` (math-verify's 6-place rounding makes every tiny number 0). Other exact
-  values (roots, pi, factorials) that simplify cannot settle agree when their difference is
-  below 1e-40 of their size.
+  with an absolute tolerance alone. Integers and fractions compare exactly. When either side is
+  written as a decimal or in scientific notation, both must agree to 6 decimal places *and*
+  within a relative 5e-6 (about 6 significant digits), so `1/3` accepts `0.333333` while
+  `\\frac{1}{2^{61}}` is not `\\frac{1}{2^{60}}` (math-verify's 6-place rounding makes every tiny
+  number 0). Other exact values (roots, pi, factorials) that simplify cannot settle agree when
+  their difference is below 1e-40 of their size; `oo` equals only `oo`.
 - Sequences with an ellipsis (`1, 3, \\ldots, 2k-1`, `1:4:9:\\ldots`) compare term by term: the
   same separators, the ellipsis in the same places, and every written term equal.
 - Percent: "%" is a unit and is dropped on both sides before comparing, so gold `33.5\\%`
@@ -54,14 +55,17 @@ Policies (each has a test in tests/test_math_verifier.py):
   and one asking for a fraction have different answers, and a grader that accepts both lets a
   policy hedge between two numbers (one number per answer is the predictable rule).
 - Thousands separators: `1,000,000`, `1{,}000`, `1,\\!000` are one number (with `{,}` or `,\\!`
-  any grouping, so Indian `56,\\!01,\\!78,\\!760`). A plain comma that is not a clean 3-digit
-  grouping (`1,22`, `0,111`, `32, 349`) is left to math-verify (a list or a decimal comma there).
+  any grouping, so Indian `56,\\!01,\\!78,\\!760`). One plain comma that is not a clean 3-digit
+  grouping (`1,22`, `0,111`, `1000,99`) is read both ways: against a number it may be a decimal
+  comma (`1,22` accepts `1.22`), and otherwise math-verify reads it as a list.
   A whole number before a proper fraction is a mixed number: `918\\frac{1}{2}`, `3128 1/2`.
 - Ordered vs unordered: a gold tuple `(1, 2)` is ordered, so `(2, 1)` is wrong and a bare
   list `1, 2` in the same order is right; a gold set `\\{1, 2\\}` or a bare list `1, 2` is
-  unordered, so `2, 1` and `\\{2, 1\\}` are right.
+  unordered, so `2, 1` and `\\{2, 1\\}` are right. A vector `\\begin{pmatrix}1\\\\2\\end{pmatrix}`
+  equals the tuple `(1, 2)`.
 - Equations: an assignment `x = 3` and the bare value `3` are equal either way round; `3=y` is
-  `y=3` and `3<y` is `y>3`.
+  `y=3` and `3<y` is `y>3`; a set and a relation with the same values are equal either way round
+  (`x \\in [-2, 7]`, `-2 \\le x \\le 7`).
 - Several answers (anti-hacking): listing candidates is wrong, never a lucky hit.
   * Several different `<answer>` blocks, or several different `\\boxed{}` answers, are wrong
     when the gold is one value. When the gold has several elements (`1, -2` or `\\{1, -2\\}`),
@@ -132,9 +136,10 @@ class Extraction:
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*")
 _FINAL_ANSWER = re.compile(
-    r"(?:final\s+answer|the\s+answer|\banswer(?=\**\s*[:：])|####|réponse|respuesta|resposta|risposta"
-    r"|antwort|ответ|答案|解答|答え|정답)(?![a-zà-ÿ])"
-    r"\**\s*(?:(?:is|est|es|é|è|ist)(?![a-zà-ÿ])|是|为|為|は|은|는)?\s*[:：=]?\**\s*(?P<answer>[^\n]+)",
+    r"(?:final\s+answer|the\s+answer|\banswer(?=\**\s*[:：])|####"
+    r"|réponse|respuesta|resposta|risposta|antwort|ответ|答案|解答|答え|정답)(?![a-zà-ÿ])"
+    r"\**\s*(?:(?:is|est|es|é|è|ist)(?![a-zà-ÿ])|是|为|為|は|은|는)?"
+    r"\s*[:：=]?\**\s*(?P<answer>[^\n]+)",
     re.IGNORECASE,
 )
 _SENTENCE_END = re.compile(r"\.(?:\s|$)|。|\s+I hope\b", re.IGNORECASE)
@@ -344,7 +349,8 @@ def has_several_elements(gold: str) -> bool:
 
 UNICODE_MATH = {
     "−": "-", "×": "\\times ", "÷": "\\div ", "·": "\\cdot ", "π": "\\pi ", "∞": "\\infty ",
-    "≤": "\\le ", "≥": "\\ge ", "≠": "\\ne ", "…": "\\ldots ", "⋯": "\\cdots ", "°": "^{\\circ}",
+    "≤": "\\le ", "≥": "\\ge ", "≠": "\\ne ", "…": "\\ldots ", "⋯": "\\cdots ",
+    "°": "^{\\circ}",
 }  # fmt: skip
 _E_NOTATION = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)[eE]([+-]?\d+)(?![\w.])")
 _SUPERSCRIPT = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹⁻", "0123456789-")
@@ -592,7 +598,7 @@ def _prepare(completion: str, answer: str) -> tuple[str, Extraction, str] | Verd
         if not has_several_elements(gold):
             return _verdict("wrong", f"answer lists alternatives ({text[:40]!r}); one is asked")
         text = _ALTERNATIVES.sub(",", text)  # "x = 2 or x = 3" for gold "2, 3": the solutions
-    if _NUMBER_LIST.match(text) and not (has_several_elements(gold) or _NUMBER_LIST.match(gold)):
+    if _NUMBER_LIST.match(text) and "," not in gold and " and " not in gold:  # one value asked
         return _verdict("wrong", f"answer lists several numbers ({text[:40]!r}); one is asked")
     return gold, extraction, text
 

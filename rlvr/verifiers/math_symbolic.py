@@ -135,7 +135,8 @@ def _parse_gold(gold: str):
 def _equal(gold_value, given_value) -> bool:
     """math-verify's comparison (with our numbers). A set and a relation describing the same
     values are equal either way round (`x \\in [-2, 7]` and `-2 \\le x \\le 7`), and a
-    vector equals a tuple of the same entries (`\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}`, `(1, 2)`)."""
+    vector equals a tuple of the same entries (`\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}` and
+    `(1, 2)`)."""
     from sympy import MatrixBase
 
     gold_entries, entries = _vector_entries(gold_value), _vector_entries(given_value)
