@@ -8,10 +8,13 @@ graded by `verify_math_many` (plain numbers in this process, the rest in a Verif
 process (parse the gold, parse the completion, verify), which is how it is usually used.
 Verdicts must be identical wherever both are sure (ours says correct or wrong).
 
-Agreement: tests/data/math_agreement.jsonl holds the gold/prediction/expected triples of
-Math-Verify's tests/test_all.py and tests/test_yujianll.py and lighteval's
-tests/metrics/test_extractive_match.py; we
-report how often each grader gives the expected verdict.
+Agreement: tests/data/math_agreement.jsonl holds (gold, prediction, expected) cases, each with
+the `source` it was transcribed from (the test suites of Math-Verify, lighteval, NeMo-Skills,
+hendrycks/math, Qwen2.5-Math, open-r1, TRL, OpenCompass, lm-evaluation-harness) or "rlvr" for
+the cases written for rlvr's own rules (their `rule` field), and a `why`. Both graders see the
+same cases; the report gives agreement overall, per source repository and per rule, and counts
+wrong answers graded correct among the "strict_numbers" cases (the ones math-verify's defaults
+get wrong). `--agreement-only` skips the speed part; `--show-disagreements` lists rlvr's misses.
 
 Prints one JSON line. Run it alone: the numbers are CPU time on a shared 2-core machine.
 """
@@ -94,10 +97,69 @@ def time_theirs(pairs: list[tuple[str, str]]) -> tuple[float, list[bool]]:
     return time.perf_counter() - start, results
 
 
+def measure_speed(pool: VerifierPool, items: list[tuple[str, str, str]]) -> dict:
+    """Items per second of both graders per kind, and verdicts that differ where ours is sure."""
+    result: dict = {}
+    mismatches, unsure = 0, 0
+    for kind in ("number", "fraction", "latex"):
+        pairs = [(c, g) for k, c, g in items if k == kind]
+        ours_s, ours = time_ours(pool, pairs)
+        theirs_s, theirs = time_theirs(pairs)
+        for verdict, their, pair in zip(ours, theirs, pairs):
+            if verdict.status not in ("correct", "wrong"):
+                unsure += 1
+            elif (verdict.status == "correct") != their:
+                mismatches += 1
+                print(f"mismatch: {pair} ours={verdict.status} theirs={their}", file=sys.stderr)
+        result[kind] = {
+            "n": len(pairs),
+            "ours_items_per_s": round(len(pairs) / ours_s, 1),
+            "math_verify_items_per_s": round(len(pairs) / theirs_s, 1),
+            "speedup": round(theirs_s / ours_s, 2),
+        }
+    result["verdict_mismatches"] = mismatches
+    result["ours_unsure"] = unsure
+    return result
+
+
+def agreement(cases: list[dict], ours: list, theirs: list[bool], show: bool) -> dict:
+    """How often each grader gives the expected verdict: overall, per source repository, per
+    rule of the rlvr-written cases; and wrong answers graded correct among "strict_numbers"."""
+    groups: dict[str, list[int]] = {}  # name -> [cases, ours agree, math-verify agrees]
+    false_correct = 0
+    for case, verdict, their in zip(cases, ours, theirs):
+        expected = bool(case["expected"])
+        ok, their_ok = (verdict.status == "correct") == expected, their == expected
+        repo = case["source"].split(" ")[0]
+        names = ["all", repo] + ([f"rlvr:{case['rule']}"] if "rule" in case else [])
+        for name in names:
+            group = groups.setdefault(name, [0, 0, 0])
+            group[0] += 1
+            group[1] += ok
+            group[2] += their_ok
+        if case.get("rule") == "strict_numbers" and not expected and verdict.status == "correct":
+            false_correct += 1
+        if show and not ok:
+            shown = {k: case[k] for k in ("gold", "prediction", "source")}
+            shown["prediction"] = shown["prediction"][-160:]
+            shown.update(expected=case["expected"], ours=f"{verdict.status}: {verdict.reason[:80]}")
+            print(f"ours disagrees: {json.dumps(shown, ensure_ascii=False)}", file=sys.stderr)
+    table = {
+        name: {"cases": n, "ours": round(a / n, 4), "math_verify": round(b / n, 4)}
+        for name, (n, a, b) in groups.items()
+    }
+    overall = table.pop("all")
+    return {**overall, "strict_numbers_wrong_graded_correct": false_correct, "by_source": table}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--num-items", type=int, default=10_000)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--agreement-only", action="store_true", help="skip the speed part")
+    parser.add_argument(
+        "--show-disagreements", action="store_true", help="print the cases rlvr grades wrongly"
+    )
     args = parser.parse_args()
     logging.getLogger("math_verify").setLevel(logging.ERROR)
     items = make_items(args.num_items)
@@ -106,41 +168,12 @@ def main() -> None:
 
     with VerifierPool(args.workers, timeout_s=10.0, preload=MATH_PRELOAD) as pool:
         verify_math_many(pool, [("\\boxed{\\sqrt{2}}", "\\sqrt{2}")] * args.workers)  # warm-up
-        mismatches, unsure = 0, 0
-        for kind in ("number", "fraction", "latex"):
-            pairs = [(c, g) for k, c, g in items if k == kind]
-            ours_s, ours = time_ours(pool, pairs)
-            theirs_s, theirs = time_theirs(pairs)
-            for verdict, their, pair in zip(ours, theirs, pairs):
-                if verdict.status not in ("correct", "wrong"):
-                    unsure += 1
-                elif (verdict.status == "correct") != their:
-                    mismatches += 1
-                    print(f"mismatch: {pair} ours={verdict.status} theirs={their}", file=sys.stderr)
-            result[kind] = {
-                "n": len(pairs),
-                "ours_items_per_s": round(len(pairs) / ours_s, 1),
-                "math_verify_items_per_s": round(len(pairs) / theirs_s, 1),
-                "speedup": round(theirs_s / ours_s, 2),
-            }
-        result["verdict_mismatches"] = mismatches
-        result["ours_unsure"] = unsure
-
+        if not args.agreement_only:
+            result.update(measure_speed(pool, items))
         cases = [json.loads(line) for line in AGREEMENT_FILE.read_text().splitlines()]
         ours = verify_math_many(pool, [(c["prediction"], c["gold"]) for c in cases])
     theirs = [math_verify_grade(c["prediction"], c["gold"]) for c in cases]
-    ours_ok = theirs_ok = 0
-    for case, verdict, their in zip(cases, ours, theirs):
-        ours_ok += (verdict.status == "correct") == bool(case["expected"])
-        theirs_ok += their == bool(case["expected"])
-        if (verdict.status == "correct") != bool(case["expected"]):
-            print(f"ours disagrees: {json.dumps(case)[:300]} -> {verdict.status}: {verdict.reason}",
-                  file=sys.stderr)  # fmt: skip
-    result["agreement"] = {
-        "cases": len(cases),
-        "ours": round(ours_ok / len(cases), 4),
-        "math_verify": round(theirs_ok / len(cases), 4),
-    }
+    result["agreement"] = agreement(cases, ours, theirs, args.show_disagreements)
     print(json.dumps(result))
 
 

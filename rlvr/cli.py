@@ -4,7 +4,7 @@
     rlvr train CONFIG.toml [--out DIR] [--model HF_FOLDER] [--key value ...]
     rlvr train --resume DIR [--key value ...]      continue a stopped or killed run
     rlvr eval RUN_DIR [--key value ...]            re-evaluate a saved checkpoint
-    rlvr verify INPUT.jsonl [--verifier math|code|puzzle:NAME] [--output OUT.jsonl]
+    rlvr verify INPUT.jsonl [--verifier math|choice|code|puzzle:NAME] [--output OUT.jsonl]
                                                    grade a file of model outputs offline
     rlvr train --help                              every config key with its meaning
 
@@ -70,13 +70,13 @@ def _parser(resume: bool = False) -> argparse.ArgumentParser:
     ev.add_argument("--output", help="also write the metrics to this JSON file")
 
     verify = sub.add_parser(
-        "verify", help="grade a JSONL file of model outputs (math, code, puzzles)"
+        "verify", help="grade a JSONL file of model outputs (math, multiple choice, code, puzzles)"
     )
     verify.add_argument(
         "input", help="JSONL: one {completion, answer|tests|problem} object per line"
     )
     verify.add_argument("--verifier", default="math",
-                        help="math, code or puzzle:NAME, for lines that name none (default math)")  # fmt: skip
+                        help="math, choice, code or puzzle:NAME, for lines that name none (default math)")  # fmt: skip
     verify.add_argument("--output", help="write graded lines here (default: stdout)")
     verify.add_argument("--workers", type=int, default=2, help="verifier worker processes")
     verify.add_argument("--partial", action="store_true",

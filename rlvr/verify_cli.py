@@ -4,6 +4,7 @@
 
 Each input line is a JSON object with `completion` plus what its verifier needs:
     math          {"completion": "... \\boxed{42}", "answer": "42"}
+    choice        {"completion": "... Answer: B", "answer": "B"}  (or "(B) Paris"; A-J)
     code          {"completion": "```python ...```", "tests": {...}}
     puzzle:NAME   {"completion": "...", "answer": "...", "problem": {...}}  (reasoning-gym)
 A line may name its own `verifier`; otherwise --verifier (default math) applies. Each output
@@ -12,8 +13,9 @@ in input order. A line that is not a JSON object, or lacks a field, gets status 
 its line number; the others are still graded. Blank lines are skipped. A summary (count per
 status, items/s) goes to stderr.
 
-Plain-number math answers are graded in this process (pure Python); everything else runs in
-a VerifierPool, so sympy and sandboxed code never run here.
+Multiple choice, plain-number math answers and answers identical to the gold are graded in
+this process (pure Python; a math line whose gold is a letter is graded as multiple choice);
+everything else runs in a VerifierPool, so sympy and sandboxed code never run here.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ def grade_puzzle(name: str, completion: str, line: dict, partial: bool) -> Verdi
 
 def _plan(line: dict, lineno: int, default: str, partial: bool):
     """(immediate Verdict, None) or (None, (fn, args)) for one parsed input line."""
+    from rlvr.verifiers.choice import verify_choice
     from rlvr.verifiers.math import fast_math_verdict, verify_math
 
     completion = line.get("completion")
@@ -68,13 +71,21 @@ def _plan(line: dict, lineno: int, default: str, partial: bool):
         answer = str(line["answer"])
         fast = fast_math_verdict(completion, answer)
         return (fast, None) if fast is not None else (None, (verify_math, (completion, answer)))
+    if name == "choice":
+        if "answer" not in line:
+            return _error(
+                f"line {lineno}: choice needs an 'answer' field (the option letter)"
+            ), None
+        return verify_choice(completion, str(line["answer"])), None
     if name == "code":
         if "tests" not in line:
             return _error(f"line {lineno}: code needs a 'tests' field"), None
         return None, (grade_code, (completion, line["tests"], partial))
     if isinstance(name, str) and name.startswith("puzzle:") and len(name) > len("puzzle:"):
         return None, (grade_puzzle, (name.removeprefix("puzzle:"), completion, line, partial))
-    return _error(f"line {lineno}: unknown verifier {name!r}; use math, code or puzzle:NAME"), None
+    return _error(
+        f"line {lineno}: unknown verifier {name!r}; use math, choice, code or puzzle:NAME"
+    ), None
 
 
 def _output_line(line: dict, verdict: Verdict) -> dict:

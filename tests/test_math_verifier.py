@@ -8,9 +8,14 @@ import pytest
 
 from rlvr.verifiers.math import (
     MATH_PRELOAD,
+    canonical_text,
+    decimals_agree,
+    drop_approximation,
     extract_answer,
     fast_math_verdict,
+    looks_like_formula,
     parse_plain_number,
+    to_latex,
     verify_math,
     verify_math_many,
 )
@@ -42,6 +47,14 @@ def grade(pool, completion: str, gold: str) -> str:
         ("The final answer is $42$. I hope it is correct.", "$42$", "final_answer"),
         ("Final Answer: 7.78", "7.78", "final_answer"),
         ("lots of work\n\n 12 \n", "12", "bare"),
+        ("Answer \\[ \n 9 \n \\]", "9", "bare"),  # a display formula at the end
+        ("Natalia sold 24 clips.\n#### 6", "6", "final_answer"),  # GSM8K
+        ("Donc la réponse est 12.", "12", "final_answer"),
+        ("所以答案是 12。", "12", "final_answer"),
+        ("Die Antwort ist 12.", "12", "final_answer"),
+        ("Ответ: 12", "12", "final_answer"),
+        ("**Answer:** $\\frac{1}{2}$", "$\\frac{1}{2}$", "final_answer"),  # markdown
+        ("**Final Answer**\n\n$$\\frac{1}{2}$$", "$$\\frac{1}{2}$$", "final_answer"),  # own line
         ("<think>\\boxed{1}</think> so \\boxed{2}", "2", "boxed"),  # boxes in thinking ignored
     ],
 )
@@ -106,8 +119,47 @@ def test_huge_integers_compare_as_strings():
 
 
 def test_plain_number_parser_rejects_non_numbers():
-    for text in ("٣", "1,22", "0,111", "32, 349", "2+2", "x", "1/0", "\\frac{x}{2}"):
+    for text in (
+        "٣",
+        "1,22",
+        "0,111",
+        "32, 349",
+        "2+2",
+        "x",
+        "1/0",
+        "\\frac{x}{2}",
+        "2\\frac{3}{2}",
+    ):
         assert parse_plain_number(text) is None, text
+
+
+@pytest.mark.parametrize(
+    "pred,gold,status",
+    [
+        ("918\\frac{1}{2}", "918.5", "correct"),  # mixed numbers
+        ("3128 1/2", "3128.5", "correct"),
+        ("56,\\!01,\\!78,\\!95,\\!760", "56017895760", "correct"),  # any grouping with ,\\!
+        ("1000,99", "1000.99", "correct"),  # a decimal comma, when that reading matches
+        ("1.22", "1,22", "correct"),
+        ("185\\", "185", "correct"),  # a stray backslash
+        ("**18**", "18", "correct"),  # markdown bold
+        ("12, 13", "12", "wrong"),  # several numbers where one is asked
+        ("12 and 13", "12", "wrong"),
+    ],
+)
+def test_number_forms(pred, gold, status):
+    assert fast_math_verdict(f"<answer>{pred}</answer>", gold).status == status
+
+
+def test_decimals_agree_to_six_places_and_relatively():
+    from fractions import Fraction as F
+
+    assert decimals_agree(F(1, 3), F("0.333333"))
+    assert not decimals_agree(F(1, 3), F("0.3333"))
+    assert not decimals_agree(F("16386.169"), F("16386.17"))  # places
+    assert not decimals_agree(F(1, 2**61), F(1, 2**60))  # relative: tiny values are not all 0
+    assert not decimals_agree(F(0), F("1e-7"))
+    assert decimals_agree(F("1e-19"), F("1.0000001e-19"))
 
 
 # --- policies ---------------------------------------------------------------------------------
@@ -119,6 +171,7 @@ def test_plain_number_parser_rejects_non_numbers():
         ("28", "28\\%", "correct"),
         ("28\\%", "28\\%", "correct"),
         ("28 percent", "28%", "correct"),
+        ("28 pct", "28\\%", "correct"),
         ("28\\%", "28", "correct"),
         ("0.28", "28\\%", "wrong"),  # a percentage is not its fraction
         ("28\\%", "0.28", "wrong"),
@@ -133,6 +186,7 @@ def test_percent_policy(pred, gold, status):
     [
         ("(1, 2)", "(1,2)", "correct"),
         ("(2, 1)", "(1,2)", "wrong"),  # tuples are ordered
+        ("1, 2", "(1,2)", "correct"),  # a bare list in the tuple's order
         ("\\{2, 1\\}", "\\{1,2\\}", "correct"),  # sets are not
         ("2, 1", "1, 2", "correct"),  # a bare list is a set
         ("\\left( 3, \\frac{\\pi}{2} \\right)", "(3, \\frac{\\pi}{2})", "correct"),
@@ -162,6 +216,67 @@ def test_several_boxed_answers(pool):
 )
 def test_listing_candidates_is_wrong(pool, completion):
     assert grade(pool, completion, "3") == "wrong"
+
+
+@pytest.mark.parametrize(
+    "pred,gold",
+    [
+        ("(2, 5)", "(2, 5)"),
+        ("\\{4,5,6\\}", "\\{4, 5, 6\\}"),
+        ("{4,5,6}", "{4,5,6}"),
+        ("[0,3]", "[0, 3]"),
+        ("1,45", "1,45"),
+        ("even $k$", "even $k$"),
+        ("\\text{even}", "even"),
+        ("\\left( 1, \\dfrac{3}{4} \\right)", "(1,\\frac{3}{4})"),
+    ],
+)
+def test_identical_answers_are_correct_in_this_process(pred, gold):
+    """After spaces, $, \\left/\\right, \\text{} and \\dfrac spellings, equal text is correct
+    whatever a parser makes of it; no worker is needed."""
+    verdict = fast_math_verdict(f"The answer is ${pred}$.", gold)
+    assert verdict.status == "correct" and "identical" in verdict.reason
+
+
+def test_canonical_text():
+    assert canonical_text("$\\left( 1, 2 \\right)$") == "(1,2)"
+    assert canonical_text("\\tfrac34") == "\\frac34"
+    assert canonical_text("a \\leftarrow b") == "a\\leftarrowb"  # \\left is not \\leftarrow
+
+
+@pytest.mark.parametrize(
+    "plain,latex",
+    [
+        ("sqrt(2)/2", "\\sqrt{2}/2"),
+        ("3**(1/3)", "3^{1/3}"),
+        ("sqrt(1+sqrt(2))", "\\sqrt{1+\\sqrt{2}}"),
+        ("5x^12", "5x^{12}"),
+        ("x^-2", "x^{-2}"),
+        ("x^(n+1)", "x^{n+1}"),
+        ("2π", "2\\pi "),
+        ("x²+1", "x^{2}+1"),
+        ("sin(x) + log(y)", "\\sin(x) + \\log(y)"),
+        ("2√3", "2\\sqrt{3}"),
+        ("1.6e-19", "1.6\\times 10^{-19}"),
+        ("[1, inf)", "[1, \\infty)"),
+        ("1 - \\frac{1}{\\mathrm{e}}", "1 - \\frac{1}{e}"),
+        ("\\sin x \\cdot \\text{cost}", "\\sin x \\cdot \\text{cost}"),  # LaTeX left alone
+    ],
+)
+def test_plain_text_to_latex(plain, latex):
+    assert to_latex(plain) == latex
+
+
+def test_formula_or_prose():
+    assert looks_like_formula("y^2 - 3*y + 2") and looks_like_formula("sqrt(2)/2")
+    assert looks_like_formula("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}")
+    assert not looks_like_formula("12 apples") and not looks_like_formula("有12个苹果")
+
+
+def test_approximations_are_dropped():
+    assert drop_approximation("\\frac{\\sqrt{2}}{2} \\approx 0.71") == "\\frac{\\sqrt{2}}{2}"
+    assert drop_approximation("x \\approx 0.71") == "0.71"
+    assert drop_approximation("x = \\sqrt{2} ≈ 1.41") == "x = \\sqrt{2}"
 
 
 # --- math-verify in workers ---------------------------------------------------------------------
@@ -207,6 +322,103 @@ def test_symbolic_differences(pool, pred, gold):
     assert grade(pool, f"\\boxed{{{pred}}}", gold) == "wrong"
 
 
+@pytest.mark.parametrize(
+    "pred,gold",
+    [
+        ("y^2 - 3*y + 2", "y^2-3y+2"),
+        ("sqrt(2)/2", "\\frac{\\sqrt{2}}{2}"),
+        ("3**(1/3)", "\\sqrt[3]{3}"),
+        ("30°", "30^\\circ"),
+        ("x = 2 \\text{ or } x = 3", "3, 2"),  # "or" lists the solutions of a gold with several
+        ("(y-1)^2", "(y-1)(y-1)"),
+        ("5x^12", "5x^{12}"),
+        ("(0.25, 1.5]", "(\\frac14, \\frac32]"),
+        ("3=y", "y=3"),
+        ("y>3", "3<y"),
+        ("\\frac{\\sqrt{2}}{2} \\approx 0.71", "\\frac{\\sqrt{2}}{2}"),
+        ("1 - e^{-1}", "1 - \\frac{1}{\\mathrm{e}}"),
+        ("e^{i\\pi}", "-1"),  # e and i are constants
+        ("(1, 2)", "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}"),  # a vector written as a tuple
+        ("-2 \\le x \\le 7", "x \\in [-2, 7]"),  # a relation and a set, either way round
+        ("1, 2, \\dots, k", "1, 2, \\ldots, k"),
+        ("\\sqrt{2}+\\sqrt{3}", "\\sqrt{5+2\\sqrt{6}}"),
+    ],
+)
+def test_plain_text_and_forms_grade_correct(pool, pred, gold):
+    assert grade(pool, f"\\boxed{{{pred}}}", gold) == "correct"
+
+
+@pytest.mark.parametrize(
+    "completion,gold",
+    [
+        # math-verify 0.9 grades all of these correct
+        ("\\boxed{1 - \\frac{1}{\\mathrm{e}}}", "1 + \\frac{1}{\\mathrm{e}}"),
+        ("The answer is $1 - \\frac{1}{\\mathrm{e}}$.", "1 + \\frac{1}{\\mathrm{e}}"),
+        ("\\boxed{\\frac{1}{2^{61}}}", "\\frac{1}{2^{60}}"),
+        ("The answer is $\\frac{1}{2^{61}}$.", "\\frac{1}{2^{60}}"),
+        ("\\boxed{\\frac{1}{102!}}", "\\frac{1}{100!}"),
+        ("\\boxed{3 + \\frac{1}{\\mathrm{x}}}", "3"),  # a parse must not drop the second term
+        ("\\boxed{2.4e-10}", "2.5 \\times 10^{-10}"),
+        ("\\boxed{10^{30}}", "10^{30}+1"),
+        ("\\boxed{-\\infty}", "\\infty"),
+        ("\\boxed{1:4:9:\\ldots}", "1:2:3:\\ldots"),
+        ("\\boxed{1, 3, \\ldots, 2k-1}", "1, 2, \\ldots, k"),
+        ("\\boxed{1, 2, \\ldots, n+1}", "1, 2, \\ldots, n"),
+        ("$1, 2, 3, ...$", "1, 2, 3"),
+        ("The answer is 12 and 13", "12"),
+    ],
+)
+def test_wrong_answers_math_verify_accepts_are_wrong(pool, completion, gold):
+    assert grade(pool, completion, gold) in ("wrong", "unparsable")
+
+
+def test_numbers_compare_with_our_rule_inside_math_verify():
+    """verify() compares numbers inside sets, intervals and matrices through
+    math_verify.grader.sympy_numeric_eq; the worker replaces it with ours."""
+    import math_verify.grader
+    from sympy import Float, Integer, Rational, pi
+
+    from rlvr.verifiers.math_symbolic import _math_verify, _numeric_equal
+
+    _math_verify()
+    assert math_verify.grader.sympy_numeric_eq is _numeric_equal
+    assert not _numeric_equal(Rational(1, 2**61), Rational(1, 2**60))
+    assert _numeric_equal(Rational(1, 3), Float("0.333333"))
+    assert not _numeric_equal(Integer(2) ** 100, Integer(2) ** 100 + 1)
+    assert _numeric_equal(2 * pi, Float("6.283185"))
+
+
+@pytest.mark.parametrize(
+    "completion,gold",
+    [
+        ("所以他一共有12个苹果。", "12"),  # the last number of a sentence without spaces
+        ("Il a donc 12 pommes au total.", "12"),
+        ("11个男孩 * 9颗弹珠/男孩 = 99颗弹珠 2. **结论**：Haley总共有99颗弹珠。", "99"),
+        ("La réponse est $\\frac{1}{2}$.", "\\frac{1}{2}"),
+    ],
+)
+def test_answers_in_other_languages(pool, completion, gold):
+    assert grade(pool, completion, gold) == "correct"
+
+
+def test_security_payloads_are_never_rewarded(pool, tmp_path):
+    marker = tmp_path / "pwned"
+    payloads = [
+        f"\\boxed{{__import__('os').system('touch {marker}')}}",
+        f"The answer is __import__('os').system('touch {marker}')",
+        "\\boxed{eval('1+1')}",
+        "\\boxed{(lambda: 2)()}",
+        "\\boxed{().__class__.__bases__[0].__subclasses__()}",
+        "\\boxed{open('/etc/passwd').read()}",
+        "\\boxed{\\input{/etc/passwd}}",
+        '\\boxed{exec("x=2")}',
+        "\\boxed{9**9**9**9**9}",
+    ]
+    verdicts = verify_math_many(pool, [(p, "2") for p in payloads])
+    assert [v.reward for v in verdicts] == [0.0] * len(payloads)
+    assert not marker.exists()
+
+
 @pytest.mark.parametrize("gold", ["", "   ", "\\frac{", "\\boxed{}"])
 def test_unparsable_gold_is_an_error_never_a_reward(pool, gold):
     for completion in ("\\boxed{3}", "\\boxed{\\frac{", f"\\boxed{{{gold}}}"):
@@ -236,24 +448,33 @@ def test_math_verify_never_runs_in_this_process():
 
 
 def test_agreement_with_public_regression_cases(pool):
-    """Math-Verify's and lighteval's test cases (tests/data/math_agreement.jsonl)."""
+    """Cases from public grader test suites plus rlvr's own (tests/data/math_agreement.jsonl;
+    benchmarks/verify_math.py reports them per source, math-verify alone beside ours)."""
     import json
     from pathlib import Path
 
     path = Path(__file__).parent / "data" / "math_agreement.jsonl"
     cases = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(cases) >= 500 and all(c["source"] and c["why"] for c in cases)
     verdicts = verify_math_many(pool, [(c["prediction"], c["gold"]) for c in cases])
     agree = sum((v.status == "correct") == bool(c["expected"]) for c, v in zip(cases, verdicts))
-    assert agree / len(cases) >= 0.95  # math-verify's own parse+verify: 0.924 (198 cases)
+    assert agree / len(cases) >= 0.95  # math-verify's own parse+verify agrees on 0.745
+    # Wrong answers that math-verify's defaults grade correct: none may be graded correct.
+    family_2 = [
+        v
+        for c, v in zip(cases, verdicts)
+        if c.get("rule") == "strict_numbers" and not c["expected"]
+    ]
+    assert len(family_2) >= 30 and all(v.status != "correct" for v in family_2)
 
 
 def test_memoized_symbolic_verdicts_are_fresh_objects():
     """Workers memoize math-verify's grading; a caller changing one verdict (the dataset task
     adds its format part) must not change the next one."""
-    from rlvr.verifiers.math import _symbolic_verdict
+    from rlvr.verifiers.math_symbolic import symbolic_verdict
 
-    first = _symbolic_verdict("\\frac{1}{2}", "\\frac{2}{4}", True)
+    first = symbolic_verdict("\\frac{1}{2}", "\\frac{2}{4}", True)
     first.components["format"] = 0.0
-    second = _symbolic_verdict("\\frac{1}{2}", "\\frac{2}{4}", True)
+    second = symbolic_verdict("\\frac{1}{2}", "\\frac{2}{4}", True)
     assert second is not first and second.status == "correct"
     assert second.components == {"accuracy": 1.0}
