@@ -197,6 +197,11 @@ class Checkpointer:
     def __init__(self, run_dir: Path, cfg: Config, tokenizer: CharTokenizer) -> None:
         self.run_dir, self.cfg, self.tokenizer = run_dir, cfg, tokenizer
         self.last: Path | None = latest_checkpoint(run_dir)
+        # A run killed in the middle of a save leaves its temporary folder (".<name>.tmp-PID"
+        # or ".<name>.old-PID") behind; none of them is a checkpoint, so a resumed run
+        # clears them.
+        for stale in (run_dir / CHECKPOINTS).glob(".*"):
+            shutil.rmtree(stale, ignore_errors=True)
 
     def due(self, step: int, last_step: int) -> bool:
         every = self.cfg.checkpoint.every

@@ -95,7 +95,8 @@ def assert_same_run(run: Path, baseline: Path) -> None:
     assert without_timing(records(run)) == without_timing(records(baseline))
     final = "checkpoint/model.safetensors"
     assert (run / final).read_bytes() == (baseline / final).read_bytes()
-    for folder in [run / "checkpoint", *sorted((run / "checkpoints").iterdir())]:
+    assert not list((run / "checkpoints").glob(".*")), "a killed save's temporary folder is left"
+    for folder in [run / "checkpoint", *list_checkpoints(run)]:
         model, tokenizer, cfg, _ = load_checkpoint(folder)
         assert cfg.model == model.config and cfg.model.vocab_size == tokenizer.vocab_size
 
