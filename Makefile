@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 .PHONY: demo test install lint clean
 
 # The venv is rebuilt when pyproject.toml changes. torch==2.13.0 is installed first, on its
-# own, so that pip takes the CPU build (see README: GPU users pick their own torch first).
+# own, so that pip takes the CPU build (see docs/gpu.md: GPU users pick their own torch first).
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip

@@ -25,7 +25,7 @@ def resolve_device(name: str) -> torch.device:
         if count == 0:
             raise ConfigError(
                 f"device = {name!r}, but this torch ({torch.__version__}) sees no CUDA GPU; "
-                'install a CUDA build of torch (README: "GPU users") or set device = "cpu".'
+                'install a CUDA build of torch (docs/gpu.md) or set device = "cpu".'
             )
         if (device.index or 0) >= count:
             raise ConfigError(

@@ -47,8 +47,8 @@ class Engine:
     """Samples completions from a `Transformer`; prompts and outputs are token id lists."""
 
     def __init__(self, model: Transformer, pad_id: int, decode: str = "auto"):
-        """decode: "auto" (a CUDA graph for rlvr's model on a GPU, "eager" otherwise and
-        under autocast, whose capture in a graph is not yet verified on a GPU), "eager" (one
+        """decode: "auto" (a CUDA graph for rlvr's model on a GPU; "eager" otherwise and
+        under autocast, see docs/gpu.md), "eager" (one
         forward per step, finished rows dropped), or "static" (the fixed-shape step a graph
         replays, run without one: on any device, for tests)."""
         if decode not in ("auto", "eager", "static"):
