@@ -168,6 +168,17 @@ class RewardConfig:
     """Seconds one verification may run before its worker is killed (status "timeout")."""
     memory_mb: int = 2048
     """Address-space limit of each verifier worker, in MiB."""
+    zero_flagged: list = field(default_factory=list)
+    """Reward-hacking watch (rlvr/verifiers/hacking.py): completions flagged by any of these
+    checks score 0, e.g. ["copied_answer", "text_after_answer"]. Checks: no_reasoning,
+    copied_answer, several_answers, text_after_answer, truncated, length_outlier. Every check
+    is logged per GRPO step (hacking/<check>) whether listed or not."""
+    reasoning_required: bool = False
+    """The task asks for reasoning: the watch flags a completion whose think block is empty
+    (no_reasoning). Off for the demo, whose model may answer at once."""
+    length_ratio: float = 4.0
+    """The watch flags a completion more than this many times longer or shorter than its
+    group's median length (length_outlier)."""
 
 
 @dataclass
@@ -230,6 +241,19 @@ class LearnerConfig:
 
 
 @dataclass
+class LoggingConfig:
+    tensorboard: bool = True
+    """Write the metrics as TensorBoard scalars to run_dir/tensorboard (metrics.jsonl is
+    always written)."""
+    wandb: str = ""
+    """A Weights & Biases project to log the metrics to ("" for none; needs `pip install
+    'rlvr[wandb]'`; WANDB_MODE=offline logs to ./wandb without an account)."""
+    trackio: str = ""
+    """A trackio project to log the metrics to ("" for none; needs `pip install
+    'rlvr[trackio]'`; trackio stores runs locally)."""
+
+
+@dataclass
 class Config:
     seed: int = 0
     """Seed for problems, initialisation and sampling; the same seed gives the same run."""
@@ -273,6 +297,7 @@ class Config:
     lora: LoraConfig = field(default_factory=LoraConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
 # ----------------------------------------------------------------------------- field docs
@@ -468,7 +493,8 @@ def validate(cfg: Config) -> None:
         need(value > 0, f"model.{name} must be greater than 0, got {value}.")
     sections = {"": cfg, "model.": m, "pretrain.": p, "grpo.": g, "reward.": cfg.reward,
                 "eval.": e, "checkpoint.": cfg.checkpoint, "lora.": cfg.lora,
-                "sampler.": cfg.sampler, "learner.": cfg.learner}  # fmt: skip
+                "sampler.": cfg.sampler, "learner.": cfg.learner,
+                "logging.": cfg.logging}  # fmt: skip
     for prefix, section in sections.items():
         for f in dataclasses.fields(section):
             value = getattr(section, f.name)
@@ -664,6 +690,15 @@ def validate(cfg: Config) -> None:
             "grpo.max_staleness > 0 is not supported with LoRA (lora.rank > 0): the sampler "
             "process receives whole weights; set grpo.max_staleness = 0 or lora.rank = 0.",
         )
+    from rlvr.verifiers.hacking import CHECKS
+
+    for name in r.zero_flagged:
+        need(
+            name in CHECKS,
+            f"reward.zero_flagged names {name!r}, which is not a check; use any of "
+            f"{', '.join(CHECKS)}.",
+        )
+    need(r.length_ratio > 1, f"reward.length_ratio must be above 1, got {r.length_ratio}.")
     for name, weight in r.functions.items():
         need(
             isinstance(weight, (int, float)) and not isinstance(weight, bool),

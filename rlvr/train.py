@@ -63,6 +63,7 @@ from rlvr.sampling.sampler import Rollouts, Sampler
 from rlvr.tasks import TASKS, Problem
 from rlvr.timeline import plot_timeline, record_step
 from rlvr.tokenizer import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, CharTokenizer
+from rlvr.verifiers.hacking import flagged_shares
 from rlvr.verifiers.rewards import Scorer, open_pool
 
 # ----------------------------------------------------------------------------- set-up
@@ -196,6 +197,7 @@ def step_metrics(rollouts: Rollouts, result: StepResult, times: dict[str, float]
         "truncated_rate": sum(ep.finish_reason == "length" for ep in sampled) / n,
         "verifier_failures": sum(ep.verifier_failures for ep in sampled),
         "bad_rewards": sum(ep.bad_rewards for ep in sampled),
+        **flagged_shares([ep.flags for ep in sampled], [ep.verdict.reward > 0 for ep in sampled]),
         "skipped_updates": result.skipped,
         "sampling_rounds": rollouts.rounds,
         "dropped_groups": rollouts.dropped_groups,
@@ -293,6 +295,7 @@ def grpo(
                                                "verifier": (verify_start, rollouts.end),
                                                "learner": (t_learn, t_done)})  # fmt: skip
             last_sampled, last_learned = rollouts.end, t_done
+            logger.log_flagged(step, rollouts.sampled)  # the reward-hacking watch's examples
             advance(f"reward {metrics['reward']:.2f}  think {metrics['think_rate']:.2f}")
             too_many_bad_steps(cfg.max_bad_steps, "GRPO", step, learner.bad_in_row,
                                checkpointer.last, cfg.run_dir)  # fmt: skip
@@ -363,7 +366,7 @@ def run(cfg: Config, resume: bool = False) -> tuple[Path, dict]:
         summary["resumed_from"] = str(start)
 
     with (
-        RunLogger(run_dir, keep=_kept_records(state)) as logger,
+        RunLogger.for_config(run_dir, cfg, keep=_kept_records(state)) as logger,
         open_pool(cfg.reward, preload=(type(task).__module__,)) as pool,
         stop_on_signals() as should_stop,
     ):

@@ -49,7 +49,8 @@ def test_demo_writes_a_complete_run_folder(demo_run):
     grpo = [line for line in lines if line["phase"] == "grpo"]
     assert [line["step"] for line in grpo] == [1, 2, 3]
     for key in ["reward", "accuracy", "format_rate", "kl", "entropy", "clip_fraction",
-                "response_length", "step_seconds", "tokens_per_second"]:  # fmt: skip
+                "response_length", "step_seconds", "tokens_per_second", "hacking/any",
+                "hacking/copied_answer"]:  # fmt: skip
         assert key in grpo[0], key
     assert [line["step"] for line in lines if line["phase"] == "eval"] == [0, 2, 3]
 

@@ -91,11 +91,39 @@ def test_plot_one_png_per_phase(tmp_path):
             logger.log("grpo", step, {"reward": step / 50, "kl": 0.01, "status": "ok"})
             logger.log("eval", step, {"accuracy": 0.2 + step / 100})
     paths = plot_metrics(tmp_path)
-    assert sorted(p.name for p in paths) == ["eval.png", "grpo.png", "pretrain.png"]
+    assert paths[0].name == "headline.png"  # the figure a person reads first
+    assert sorted(p.name for p in paths) == ["eval.png", "grpo.png", "headline.png", "pretrain.png"]
     for path in paths:
         assert path.parent == tmp_path / "plots"
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert path.stat().st_size > 1000
+
+
+def _png_size(path):
+    data = path.read_bytes()
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_plot_skips_metrics_that_never_changed(tmp_path):
+    """Eight metrics, six of them constant: the grid has one row of two panels, not two rows."""
+    with RunLogger(tmp_path, tensorboard=False) as logger:
+        for step in range(1, 6):
+            constant = {f"zero_{i}": 0.0 for i in range(6)}
+            logger.log("grpo", step, {"reward": step / 10, "kl": step / 100, **constant})
+    varying_only = tmp_path / "varying"
+    with RunLogger(varying_only, tensorboard=False) as logger:
+        for step in range(1, 6):
+            logger.log("grpo", step, {"reward": step / 10, "kl": step / 100})
+    skipped = _png_size(tmp_path / "plots" / "grpo.png") if plot_metrics(tmp_path) else None
+    plot_metrics(varying_only)
+    reference = _png_size(varying_only / "plots" / "grpo.png")
+    assert skipped[0] == reference[0]  # two columns in both
+    assert skipped[1] == reference[1] + 50  # the same row, plus the "never changed" line
+    with RunLogger(tmp_path / "all", tensorboard=False) as logger:
+        for step in range(1, 6):
+            logger.log("grpo", step, {f"m{i}": float(step * i + 1) for i in range(8)})
+    plot_metrics(tmp_path / "all")
+    assert _png_size(tmp_path / "all" / "plots" / "grpo.png")[1] > reference[1] + 200
 
 
 def test_plot_tolerates_empty_missing_and_partial_files(tmp_path):
@@ -109,8 +137,8 @@ def test_plot_tolerates_empty_missing_and_partial_files(tmp_path):
         '{"phase": "grpo", "step": 2, "rew'
     )
     paths = plot_metrics(tmp_path)
-    assert [p.name for p in paths] == ["grpo.png"]
-    assert paths[0].stat().st_size > 0
+    assert [p.name for p in paths] == ["headline.png", "grpo.png"]
+    assert paths[1].stat().st_size > 0
     assert [r["step"] for r in read_metrics(tmp_path)] == [0, 1]
 
 

@@ -50,6 +50,8 @@ class Episode:
     """Reward parts that were NaN or infinite and were scored 0."""
     verifier_failures: int = 0
     """Verifications (task or reward function) that timed out or crashed, scored 0."""
+    flags: tuple[str, ...] = ()
+    """Reward-hacking checks the completion tripped (rlvr/verifiers/hacking.py)."""
 
     def to_dict(self) -> dict:
         """Plain data (lists, numbers, strings): what a checkpoint stores of an episode."""
@@ -151,10 +153,16 @@ def rollout(
     )
     t_decoded = time.perf_counter()
     backlog = sum(not all(h.done() for h in handles.values()) for _, handles in pending.values())
+    responses = [pending[c.prompt_index, c.sample_index][0] for c in completions]
+    scores = [scorer.score(pending[c.prompt_index, c.sample_index][1], len(c.token_ids))
+              for c in completions]  # fmt: skip
+    for i in range(0, len(completions), num_samples):  # each group: the reward-hacking watch
+        group = completions[i : i + num_samples]
+        scorer.watch(problems[group[0].prompt_index], responses[i : i + num_samples],
+                     [c.finish_reason for c in group], [len(c.token_ids) for c in group],
+                     scores[i : i + num_samples])  # fmt: skip
     episodes = []
-    for c in completions:
-        response, handles = pending[c.prompt_index, c.sample_index]
-        scored = scorer.score(handles, num_tokens=len(c.token_ids))
+    for c, response, scored in zip(completions, responses, scores):
         episodes.append(
             Episode(
                 problem=problems[c.prompt_index],
@@ -169,6 +177,7 @@ def rollout(
                 parts=scored.parts,
                 bad_rewards=scored.bad,
                 verifier_failures=scored.failed,
+                flags=scored.flags,
             )
         )
     if timings is not None:

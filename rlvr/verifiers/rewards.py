@@ -14,6 +14,10 @@ whose worker dies gets status "error"; both score 0 and the run goes on. `Scorer
 returns at once, so the rollout hands each completion over the moment the engine finishes it
 and verification overlaps the rest of sampling.
 
+Every GRPO group also passes the reward-hacking watch (rlvr/verifiers/hacking.py):
+`Scorer.watch` flags its completions, and those flagged by a check listed in
+`reward.zero_flagged` score 0 (every part), so the advantages never pay for that pattern.
+
 User reward functions are named "module:function" and called as `fn(completion, problem)`,
 where completion is the response text (from `<think>` on) and problem a `rlvr.tasks.Problem`;
 they return a float or a `Verdict` (its reward is used). A non-finite value scores 0 and is
@@ -32,6 +36,7 @@ from typing import Any
 
 from rlvr.tasks import Problem
 from rlvr.verifiers import Verdict
+from rlvr.verifiers.hacking import flag_group
 from rlvr.verifiers.pool import NON_FINITE, VerifierPool, as_verdict
 
 
@@ -86,6 +91,8 @@ class Scored:
     """How many parts were not finite numbers and were scored 0."""
     failed: int = 0
     """How many verifications (the task's, user functions') timed out or failed: scored 0."""
+    flags: tuple[str, ...] = ()
+    """The reward-hacking checks this completion tripped (`Scorer.watch`)."""
 
 
 class _Done:
@@ -174,6 +181,27 @@ class Scorer:
             parts[name] = float(value)
         reward = sum(self.weights[name] * value for name, value in parts.items())
         return Scored(verdict=verdict, parts=parts, reward=reward, bad=bad, failed=failed)
+
+
+    def watch(
+        self,
+        problem: Problem,
+        responses: list[str],
+        finish_reasons: list[str],
+        lengths: list[int],
+        scored: list[Scored],
+    ) -> None:
+        """Flag one group's completions (same problem) with the reward-hacking checks and
+        score 0 those flagged by a check in reward.zero_flagged; edits `scored` in place."""
+        c = self.cfg
+        flags = flag_group(problem.prompt, responses, finish_reasons, lengths,
+                           reasoning_required=c.reasoning_required,
+                           length_ratio=c.length_ratio)  # fmt: skip
+        for s, f in zip(scored, flags):
+            s.flags = f
+            if any(name in c.zero_flagged for name in f):
+                s.parts = {name: 0.0 for name in s.parts}
+                s.reward = 0.0
 
 
 def open_pool(reward_cfg, preload: tuple[str, ...] = ()) -> AbstractContextManager:
