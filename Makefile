@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test install lint clean
+.PHONY: demo test install chromium lint clean
 
 # The venv is rebuilt when pyproject.toml changes. torch==2.13.0 is installed first, on its
 # own, so that pip takes the CPU build (see docs/gpu.md: GPU users pick their own torch first).
@@ -18,12 +18,18 @@ $(BIN)/.installed: pyproject.toml
 		|| echo "bubblewrap is recommended for the code sandbox: apt-get install bubblewrap"; }
 	touch $@
 
+# The report's browser test opens report.html in headless Chromium (skipped without one).
+chromium:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] \
+		&& (apt-get update -qq && apt-get install -y -qq chromium) \
+		|| echo "the report's browser test needs chromium: apt-get install chromium"; }
+
 install: $(BIN)/.installed
 
 demo: install
 	$(BIN)/rlvr demo
 
-test: install
+test: install chromium
 	$(BIN)/python -m pytest -q
 
 lint: install

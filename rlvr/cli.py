@@ -4,6 +4,7 @@
     rlvr train CONFIG.toml [--out DIR] [--model HF_FOLDER] [--key value ...]
     rlvr train --resume DIR [--key value ...]      continue a stopped or killed run
     rlvr eval RUN_DIR [--key value ...]            re-evaluate a saved checkpoint
+    rlvr report RUN_DIR [RUN_DIR ...] [--out FILE] one HTML page for a run, or runs compared
     rlvr verify INPUT.jsonl [--verifier math|choice|code|puzzle:NAME] [--output OUT.jsonl]
                                                    grade a file of model outputs offline
     rlvr train --help                              every config key with its meaning
@@ -23,7 +24,8 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from rlvr.config import Config, ConfigError, describe, load_config
+from rlvr import __version__
+from rlvr.config import Config, ConfigError, describe, load_config, parse_overrides
 from rlvr.errors import StopRequested, TrainingError
 
 EXIT_USAGE = 2
@@ -48,6 +50,7 @@ def _parser(resume: bool = False) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlvr", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--debug", action="store_true", help="show tracebacks for config errors")
+    parser.add_argument("--version", action="version", version=f"rlvr {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="train a small reasoning model from scratch with GRPO (CPU, minutes)",
@@ -68,6 +71,14 @@ def _parser(resume: bool = False) -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluate a run's checkpoint on the held-out split")
     ev.add_argument("run_dir", help="a run folder or a checkpoint folder")
     ev.add_argument("--output", help="also write the metrics to this JSON file")
+
+    report = sub.add_parser(
+        "report", help="write report.html: one run's results, or several runs side by side"
+    )
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders")
+    report.add_argument("--out", help="the HTML file (default: RUN_DIR/report.html for one "
+                        "run, ./report.html for several)")  # fmt: skip
+    report.add_argument("--no-plots", action="store_true", help="leave the figures out")
 
     verify = sub.add_parser(
         "verify", help="grade a JSONL file of model outputs (math, multiple choice, code, puzzles)"
@@ -107,6 +118,16 @@ def main(argv: list[str] | None = None) -> int:
             return _train(Path(args.config), args.out, overrides)
         if args.command == "eval":
             return _eval(Path(args.run_dir), args.output, overrides)
+        if args.command == "report":
+            if overrides:
+                raise ConfigError(
+                    f"Unexpected arguments {' '.join(overrides)}; see rlvr report --help."
+                )
+            from rlvr.report_html import write_report
+
+            print(write_report([Path(d) for d in args.run_dirs], args.out,
+                               plots=not args.no_plots))  # fmt: skip
+            return 0
         if args.command == "verify":
             if overrides:
                 raise ConfigError(
@@ -168,35 +189,17 @@ def _train(
                 title=f"held-out {cfg.task.name}, {result['eval_problems']} problems: before vs after GRPO")  # fmt: skip
     print(f"GRPO: {result.get('grpo_seconds_per_step', 0.0):.3f} s/step   wall: {result['wall_seconds']:.0f} s",
           file=sys.stderr)  # fmt: skip
+    from rlvr.report_html import write_report
+
+    print(write_report([run_dir], plots=cfg.plots))  # the report, then the run folder last
     print(run_dir)
     return 0
 
 
 def _eval(run_dir: Path, output: str | None, overrides: list[str]) -> int:
-    import torch
+    from rlvr.api import evaluate
 
-    from rlvr.checkpoint import load_checkpoint
-    from rlvr.config import apply_overrides
-    from rlvr.device import autocast, place_model
-    from rlvr.evaluate import evaluate
-    from rlvr.train import make_task, seed_everything, system_prompt
-    from rlvr.verifiers.rewards import Scorer, open_pool
-
-    model, tokenizer, cfg, state = load_checkpoint(run_dir)
-    apply_overrides(cfg, overrides)
-    seed_everything(cfg.seed, cfg.threads)
-    place_model(model, cfg.device)
-    task = make_task(cfg)
-    problems = task.problems("test", cfg.eval.num_problems, seed=cfg.seed)
-    with (
-        torch.no_grad(),
-        autocast(cfg, model),  # the run's dtype (--dtype float32 evaluates in full precision)
-        open_pool(cfg.reward, preload=(type(task).__module__,)) as pool,
-    ):
-        scorer = Scorer(task, cfg.reward, cfg.eval.max_new_tokens, pool,
-                        system_prompt=system_prompt(cfg))  # fmt: skip
-        metrics, _ = evaluate(model, tokenizer, scorer, problems, cfg.eval, seed=cfg.seed)
-    metrics = {"checkpoint": str(run_dir), "eval_problems": len(problems), **metrics}
+    metrics = evaluate(run_dir, dict(parse_overrides(overrides)))
     text = json.dumps(metrics)
     if output:
         Path(output).write_text(text + "\n")

@@ -299,6 +299,15 @@ class Config:
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
+    @classmethod
+    def load(cls, path: str | Path | None = None, overrides: dict | None = None) -> Config:
+        """A recipe shipped with rlvr by name ("demo", "smoke") or a TOML file, with dotted
+        overrides such as {"grpo.beta": 0.02}; validated like `rlvr train`'s."""
+        if path is not None and not Path(path).exists() and Path(path).suffix == "":
+            recipe = Path(__file__).parent / "recipes" / f"{path}.toml"
+            path = recipe if recipe.is_file() else path
+        return load_config(path, as_overrides(overrides or {}))
+
 
 # ----------------------------------------------------------------------------- field docs
 
@@ -376,6 +385,15 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
         _set_dotted(cfg, key, raw)
     validate(cfg)
     return cfg
+
+
+def as_overrides(values: dict[str, Any]) -> list[str]:
+    """{"grpo.beta": 0.02, "task.options": {...}} -> ["--grpo.beta", "0.02", ...]: Python
+    values as the command line writes them (strings stay strings, the rest as TOML)."""
+    args = []
+    for key, value in values.items():
+        args += [f"--{key}", value if isinstance(value, str) else _toml_value(value)]
+    return args
 
 
 def parse_overrides(args: list[str]) -> list[tuple[str, str]]:

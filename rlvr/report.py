@@ -305,15 +305,17 @@ def _new_figure(width: float, height: float):
     return fig
 
 
-def plot_metrics(run_dir: Path, max_columns: int = 4) -> list[Path]:
-    """Draw run_dir/plots/<phase>.png: one small line plot per numeric metric that changed
-    during the phase, x = step; the metrics that never changed are listed under the grid
-    with their value. Also draws plots/headline.png (`plot_headline`).
+def plot_metrics(run_dir: Path, max_columns: int = 4, out_dir: Path | None = None) -> list[Path]:
+    """Draw plots/headline.png (`plot_headline`), then plots/<phase>.png: one small line plot
+    per numeric metric that changed during the phase, x = step; the metrics that never
+    changed are listed under the grid with their value.
 
     Non-numeric values are skipped; metrics with few points (e.g. evaluations) get markers.
-    Returns the PNG paths written (empty when there is nothing to plot).
+    out_dir: where the PNGs go (default run_dir/plots). Returns the PNG paths written
+    (empty when there is nothing to plot).
     """
     run_dir = Path(run_dir)
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / "plots"
     written = []
     for phase, metrics in metric_series(run_dir).items():
         keys = [k for k, (_, ys) in metrics.items() if len(set(ys)) > 1] or list(metrics)
@@ -339,11 +341,11 @@ def plot_metrics(run_dir: Path, max_columns: int = 4) -> list[Path]:
             fig.text(0.01, 0.1 / height, "never changed: " + ", ".join(constant), fontsize=7,
                      wrap=True)  # fmt: skip
         fig.suptitle(f"{run_dir.name}: {phase}", fontsize=10)
-        out = run_dir / "plots" / f"{_safe_name(phase)}.png"
+        out = out_dir / f"{_safe_name(phase)}.png"
         out.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(out, dpi=100)
         written.append(out)
-    headline = plot_headline([run_dir], run_dir / "plots" / "headline.png")
+    headline = plot_headline([run_dir], out_dir / "headline.png")
     return ([headline] if headline else []) + written
 
 

@@ -51,7 +51,7 @@ from rlvr.checkpoint import Checkpointer, latest_checkpoint, load_checkpoint, lo
 from rlvr.config import Config, ConfigError, to_toml
 from rlvr.device import autocast, place_model, resolve_device
 from rlvr.errors import StopRequested
-from rlvr.evaluate import evaluate
+from rlvr.evaluation import evaluate
 from rlvr.learning.learner import GRPOLearner, StepResult
 from rlvr.learning.pretrain import pretrain
 from rlvr.learning.updates import too_many_bad_steps

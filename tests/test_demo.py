@@ -37,6 +37,10 @@ def demo_run(tmp_path_factory):
 def test_demo_writes_a_complete_run_folder(demo_run):
     stdout = (demo_run.parent / "stdout.txt").read_text().strip().splitlines()
     assert stdout[-1] == str(demo_run)  # the last line printed is the run folder
+    assert stdout[-2] == str(demo_run / "report.html")  # the line before it, the report
+    page = (demo_run / "report.html").read_text()
+    assert "Before and after GRPO" in page and "Reward-hacking watch" in page
+    assert (demo_run / "plots" / "headline.png").stat().st_size > 0
 
     summary = json.loads((demo_run / "summary.json").read_text())
     for key in ["pretrain_accuracy", "final_accuracy", "final_accuracy_no_think",
