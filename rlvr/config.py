@@ -16,6 +16,7 @@ import ast
 import dataclasses
 import datetime
 import difflib
+import importlib.util
 import inspect
 import math
 import os
@@ -709,6 +710,13 @@ def validate(cfg: Config) -> None:
             "process receives whole weights; set grpo.max_staleness = 0 or lora.rank = 0.",
         )
     from rlvr.verifiers.hacking import CHECKS
+
+    for logger in ("wandb", "trackio"):
+        need(
+            not getattr(cfg.logging, logger) or importlib.util.find_spec(logger) is not None,
+            f"logging.{logger} is set but {logger} is not installed: pip install "
+            f"'rlvr[{logger}]', or set logging.{logger} = \"\".",
+        )
 
     for name in r.zero_flagged:
         need(

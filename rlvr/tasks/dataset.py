@@ -1,8 +1,16 @@
-"""Dataset: problems read from local JSONL files (one JSON object per line), no hub.
+"""Dataset: problems read from local files (JSONL, JSON, Parquet, CSV, or a folder written by
+`datasets`' `save_to_disk`), no hub.
 
     [task]
     name = "dataset"
     options = { path = "data/train.jsonl", test_path = "data/test.jsonl" }
+    options = { path = "gsm8k/train.parquet", prompt_field = "question" }   # GSM8K's "#### 42"
+
+JSONL is read line by line, so a bad line is named `file:line`. The other formats are read
+through the `datasets` library (`load_dataset("json" | "parquet" | "csv", data_files=...)`,
+`load_from_disk`) and a bad row is named `file: row N`; every row passes the same checks as
+a JSONL line. A `save_to_disk` folder holding several splits (a DatasetDict) gives its
+"train" split for `path` and, without `test_path`, its "test" split as the held-out set.
 
 A line looks like `{"prompt": "What is 1/2 + 1/4?", "answer": "\\frac{3}{4}"}` (math) or
 `{"prompt": "Read two ints, print their sum.", "tests": {"inputs": ["1 2\\n"],
@@ -21,6 +29,11 @@ Options (keyword arguments, from the config's `[task] options`):
                  the line's keys and names this option.
   answer_field   the key holding the gold answer (math), "answer" by default: a non-empty
                  string or a finite number.
+  answer_format  how the gold answer is read from that field: "auto" (default: the text
+                 after GSM8K's last `####` if there is one, else the last `\\boxed{}` of a
+                 MATH-style solution if there is one, else the whole field), "gsm8k",
+                 "boxed" or "plain" (the field as it is). A row whose field lacks the marker
+                 its format names is a bad row.
   tests_field    the key holding the tests (code), "tests" by default: a non-empty string
                  of assert code, or an object in one of verifiers/code.py's formats.
   verifier       "math" (default; verifiers/math.py's verify_math) or "code"
@@ -63,12 +76,16 @@ from rlvr.tokenizer import THINK_CLOSE
 from rlvr.verifiers.base import Verdict, guarded
 from rlvr.verifiers.code import verify_code
 from rlvr.verifiers.format import format_reward, parse_response
+from rlvr.verifiers.hacking import boxed_contents
 from rlvr.verifiers.math import verify_math
 
 log = logging.getLogger(__name__)
 
 VERIFIERS = ("math", "code")
 ON_BAD_LINE = ("stop", "skip")
+ANSWER_FORMATS = ("auto", "gsm8k", "boxed", "plain")
+TABLE_FORMATS = {".json": "json", ".parquet": "parquet", ".csv": "csv", ".tsv": "csv"}
+"""File suffixes read through `datasets.load_dataset`, and the builder for each."""
 NUM_LISTED = 5  # bad lines listed by name in the skip warning
 _SKIP_HINT = 'or set task.options.on_bad_line = "skip" to skip bad lines'
 
@@ -94,10 +111,11 @@ class DatasetTask(Task):
     tests_field: str = "tests"
     verifier: str = "math"
     on_bad_line: str = "stop"
+    answer_format: str = "auto"
 
     def __post_init__(self) -> None:
         for option in ("path", "test_path", "prompt_field", "answer_field", "tests_field",
-                       "verifier", "on_bad_line"):  # fmt: skip
+                       "verifier", "on_bad_line", "answer_format"):  # fmt: skip
             value = getattr(self, option)
             if not isinstance(value, str):
                 raise DatasetError(
@@ -117,6 +135,11 @@ class DatasetTask(Task):
             raise DatasetError(
                 f"task.options.on_bad_line {self.on_bad_line!r} is not a policy; "
                 f"use one of {', '.join(ON_BAD_LINE)}."
+            )
+        if self.answer_format not in ANSWER_FORMATS:
+            raise DatasetError(
+                f"task.options.answer_format {self.answer_format!r} is not a format; "
+                f"use one of {', '.join(ANSWER_FORMATS)}."
             )
         for option in ("prompt_field", "answer_field", "tests_field"):
             if not getattr(self, option):
@@ -159,7 +182,16 @@ class DatasetTask(Task):
             }
         else:
             rows = self._read(Path(self.path), "path")
-            splits = {s: [p for p in rows if p.split == s] for s in SPLITS}
+            held_out = self._read(Path(self.path), "path", split="test") if _is_dataset_dict(
+                Path(self.path), "test") else None  # fmt: skip
+            if held_out is not None:  # a saved DatasetDict brings its own test split
+                test_prompts = {p.prompt for p in held_out}
+                splits = {
+                    "train": [_relabel(p, "train") for p in rows if p.prompt not in test_prompts],
+                    "test": [_relabel(p, "test") for p in held_out],
+                }
+            else:
+                splits = {s: [p for p in rows if p.split == s] for s in SPLITS}
         self._splits = splits
 
     def _split(self, split: str) -> list[Problem]:
@@ -167,17 +199,25 @@ class DatasetTask(Task):
             self._load()
         return self._splits[split]
 
-    def _read(self, path: Path, option: str) -> list[Problem]:
-        """Every usable line of `path` as a Problem; bad lines raise or are skipped."""
+    def _read(self, path: Path, option: str, split: str = "train") -> list[Problem]:
+        """Every usable row of `path` as a Problem; bad rows raise or are skipped."""
         if not path.exists():
             raise DatasetError(
-                f"Dataset file {path} does not exist; set task.options.{option} to a JSONL file."
+                f"Dataset file {path} does not exist; set task.options.{option} to a JSONL, "
+                "JSON, Parquet or CSV file or a save_to_disk folder."
             )
-        if path.is_dir():
+        saved = ("dataset_info.json", "state.json", "dataset_dict.json")
+        if path.is_dir() and not any((path / name).is_file() for name in saved):
             raise DatasetError(
-                f"Dataset path {path} is a directory, not a file; set task.options.{option} "
-                "to a JSONL file inside it."
+                f"Dataset path {path} is a directory but not a folder written by save_to_disk; "
+                f"set task.options.{option} to a data file inside it."
             )
+        if path.is_dir() or path.suffix.lower() in TABLE_FORMATS:
+            return self._collect(path, self._table_rows(path, option, split), "row")
+        return self._collect(path, self._jsonl_rows(path), "line")
+
+    def _jsonl_rows(self, path: Path):
+        """(line number, row dict or _BadLine) for each non-blank line of a JSONL file."""
         try:
             data = path.read_bytes()
         except OSError as e:
@@ -186,30 +226,77 @@ class DatasetTask(Task):
             ) from e
         if data.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark, as some editors write
             data = data[3:]
+        for number, raw in enumerate(data.split(b"\n"), start=1):
+            if raw.strip():
+                try:
+                    yield number, _json_row(raw, self._example)
+                except _BadLine as bad:
+                    yield number, bad
+
+    def _table_rows(self, path: Path, option: str, split: str):
+        """(row number, row dict) for each row of a file or folder `datasets` reads."""
+        try:
+            import datasets
+        except ImportError as e:
+            raise DatasetError(
+                f"Reading {path} needs the datasets library: pip install datasets "
+                "(or convert it to JSONL)."
+            ) from e
+        datasets.disable_progress_bars()
+        try:
+            if path.is_dir():
+                table = datasets.load_from_disk(str(path))
+                if isinstance(table, datasets.DatasetDict):
+                    if split not in table:
+                        raise DatasetError(
+                            f"The saved dataset {path} has the splits "
+                            f"{', '.join(table)}, not {split!r}; save the split to use with "
+                            f"save_to_disk and point task.options.{option} at it."
+                        )
+                    table = table[split]
+            else:
+                builder = TABLE_FORMATS[path.suffix.lower()]
+                extra = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
+                table = datasets.load_dataset(builder, data_files=str(path), split="train",
+                                              **extra)  # fmt: skip
+        except DatasetError:
+            raise
+        except Exception as e:  # noqa: BLE001 - pyarrow, pandas and json raise many kinds
+            why = " ".join(str(e).split())[:160] or type(e).__name__
+            raise DatasetError(
+                f"Dataset {path} cannot be read by the datasets library ({why}); check that "
+                f"it is a valid {path.suffix.lstrip('.') or 'save_to_disk'} dataset."
+            ) from None
+        yield from enumerate(table, start=1)
+
+    def _collect(self, path: Path, rows, unit: str) -> list[Problem]:
+        """Problems from (number, row dict or _BadLine) pairs: duplicates dropped, bad rows
+        raised or skipped according to on_bad_line."""
+        where = (lambda n: f"{path}:{n}") if unit == "line" else (lambda n: f"{path}: row {n}")
         problems: list[Problem] = []
         first_line: dict[str, tuple[int, Problem]] = {}  # prompt -> (line number, problem)
         skipped: list[str] = []
         num_skipped = 0
-        for number, raw in enumerate(data.split(b"\n"), start=1):
-            if not raw.strip():
-                continue
+        for number, row in rows:
             try:
-                problem = self._parse_line(raw)
+                if isinstance(row, _BadLine):
+                    raise row
+                problem = self._parse_row(row)
                 seen = first_line.get(problem.prompt)
                 if seen is not None:
                     if (seen[1].answer, seen[1].meta) != (problem.answer, problem.meta):
                         raise _BadLine(
-                            f"repeats the prompt of line {seen[0]} with a different answer; "
+                            f"repeats the prompt of {unit} {seen[0]} with a different answer; "
                             "keep one of the two lines"
                         )
                     self.num_duplicates += 1
                     continue
             except _BadLine as bad:
                 if self.on_bad_line == "stop":
-                    raise DatasetError(f"{path}:{number} {bad}, {_SKIP_HINT}.") from None
+                    raise DatasetError(f"{where(number)} {bad}, {_SKIP_HINT}.") from None
                 num_skipped += 1
                 if len(skipped) < NUM_LISTED:
-                    skipped.append(f"{path}:{number} {str(bad).split(';')[0]}")
+                    skipped.append(f"{where(number)} {str(bad).split(';')[0]}")
                 continue
             first_line[problem.prompt] = (number, problem)
             problems.append(problem)
@@ -221,7 +308,7 @@ class DatasetTask(Task):
             self.num_skipped += num_skipped
             self.skipped += skipped
         if not problems:
-            what = f"all {num_skipped} non-blank lines are bad" if num_skipped else "no lines"
+            what = f"all {num_skipped} non-blank {unit}s are bad" if num_skipped else f"no {unit}s"
             raise DatasetError(
                 f"Dataset file {path} holds no problems (empty dataset: {what}); add lines "
                 f'like {{"{self.prompt_field}": "...", "{self._gold_field}": ...}}.'
@@ -229,31 +316,14 @@ class DatasetTask(Task):
         return problems
 
     @property
+    def _example(self) -> str:
+        return f'{{"{self.prompt_field}": "...", "{self._gold_field}": ...}}'
+
+    @property
     def _gold_field(self) -> str:
         return self.tests_field if self.verifier == "code" else self.answer_field
 
-    def _parse_line(self, raw: bytes) -> Problem:
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise _BadLine(
-                f"is not UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1}); "
-                "save the file as UTF-8"
-            ) from None
-        try:
-            row = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise _BadLine(
-                f"is not valid JSON ({e.msg} at column {e.colno}); fix or delete the line"
-            ) from None
-        except (ValueError, RecursionError) as e:  # e.g. a 5000-digit integer, deep nesting
-            why = "nested too deeply" if isinstance(e, RecursionError) else str(e)[:80]
-            raise _BadLine(f"is not usable JSON ({why}); fix or delete the line") from None
-        if not isinstance(row, dict):
-            raise _BadLine(
-                f"is JSON but not an object (it is {_json_type(row)}); write one object per "
-                f'line, like {{"{self.prompt_field}": "...", "{self._gold_field}": ...}}'
-            )
+    def _parse_row(self, row: dict) -> Problem:
         prompt = self._field(row, self.prompt_field, "prompt_field")
         if not isinstance(prompt, str):
             raise _BadLine(
@@ -341,6 +411,44 @@ class DatasetTask(Task):
 # ---------------------------------------------------------------------- line checks
 
 
+def _json_row(raw: bytes, example: str) -> dict:
+    """One JSONL line as a dict; raises _BadLine saying what is wrong with it (`example`: a
+    good line, for the message)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _BadLine(
+            f"is not UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1}); "
+            "save the file as UTF-8"
+        ) from None
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise _BadLine(
+            f"is not valid JSON ({e.msg} at column {e.colno}); fix or delete the line"
+        ) from None
+    except (ValueError, RecursionError) as e:  # e.g. a 5000-digit integer, deep nesting
+        why = "nested too deeply" if isinstance(e, RecursionError) else str(e)[:80]
+        raise _BadLine(f"is not usable JSON ({why}); fix or delete the line") from None
+    if not isinstance(row, dict):
+        raise _BadLine(
+            f"is JSON but not an object (it is {_json_type(row)}); write one object per "
+            f"line, like {example}"
+        )
+    return row
+
+
+def _is_dataset_dict(path: Path, split: str) -> bool:
+    """Whether `path` is a save_to_disk folder of several splits, `split` among them."""
+    info = path / "dataset_dict.json"
+    if not (path.is_dir() and info.is_file()):
+        return False
+    try:
+        return split in json.loads(info.read_text(encoding="utf-8")).get("splits", [])
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _relabel(problem: Problem, split: str) -> Problem:
     if problem.split == split:
         return problem
@@ -384,7 +492,7 @@ def _answer_text(value: Any, task: DatasetTask) -> str:
     key = task.answer_field
     if isinstance(value, str):
         _check_text(value, key)
-        return value
+        return extract_answer(value, task.answer_format, key)
     if isinstance(value, int | float) and not isinstance(value, bool):
         if isinstance(value, float) and not math.isfinite(value):
             raise _BadLine(f"has a {key!r} that is not a finite number; write it as a string")
@@ -392,6 +500,37 @@ def _answer_text(value: Any, task: DatasetTask) -> str:
     raise _BadLine(
         f"has a {key!r} that is {_json_type(value)}; write the answer as a string or a number"
     )
+
+
+def extract_answer(text: str, answer_format: str = "auto", key: str = "answer") -> str:
+    r"""The gold answer in an answer field: after GSM8K's last `####`, the last `\boxed{}` of a
+    MATH solution, or the field itself (see the module docstring's answer_format).
+
+    >>> extract_answer("Natalia sold 48/2 = 24 clips in May.\n#### 72")
+    '72'
+    >>> extract_answer("So $x = \\boxed{\\frac{1}{2}}$.")
+    '\\frac{1}{2}'
+    """
+    if answer_format in ("auto", "gsm8k") and "####" in text:
+        answer = text.rsplit("####", 1)[1].strip()
+        if not answer:
+            raise _BadLine(f"has nothing after '####' in its {key!r} field; write the answer there")
+        return answer
+    if answer_format == "gsm8k":
+        raise _BadLine(
+            f"has no '####' in its {key!r} field (answer_format \"gsm8k\"); add '#### ANSWER' "
+            'or set task.options.answer_format = "plain"'
+        )
+    if answer_format in ("auto", "boxed"):
+        boxed = boxed_contents(text)
+        if boxed and boxed[-1].strip():
+            return boxed[-1].strip()
+        if answer_format == "boxed":
+            raise _BadLine(
+                f"has no \\boxed{{...}} in its {key!r} field (answer_format \"boxed\"); box the "
+                'answer or set task.options.answer_format = "plain"'
+            )
+    return text
 
 
 def _check_tests(tests: Any, key: str) -> None:
