@@ -60,7 +60,9 @@ def test_parquet_with_math_solutions(tmp_path):
     got = answers(task)
     assert got["What is $\\frac{1}{5} + \\frac{1}{5}$?"] == "\\frac{2}{5}"
     problem = _problem(task, "\\frac{1}{5}")
-    assert task.verify("<think>add</think><answer>\\frac{2}{5}</answer>", problem).status == "correct"
+    assert (
+        task.verify("<think>add</think><answer>\\frac{2}{5}</answer>", problem).status == "correct"
+    )
     assert task.verify("<think>add</think><answer>\\frac{1}{5}</answer>", problem).status == "wrong"
 
 

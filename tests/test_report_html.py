@@ -149,7 +149,9 @@ def test_report_renders_in_chromium(tmp_path):
 
         page = browser.open(compare)
         assert page.errors == []
-        assert all(img["width"] > 0 for img in page.images) and len(page.images) == 3  # overlaid + 2 watches
+        assert (
+            all(img["width"] > 0 for img in page.images) and len(page.images) == 3
+        )  # overlaid + 2 watches
         assert "grpo.beta" in page.text and "0.500 -> 0.900" in page.text
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"

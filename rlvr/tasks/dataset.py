@@ -527,7 +527,7 @@ def extract_answer(text: str, answer_format: str = "auto", key: str = "answer") 
             return boxed[-1].strip()
         if answer_format == "boxed":
             raise _BadLine(
-                f"has no \\boxed{{...}} in its {key!r} field (answer_format \"boxed\"); box the "
+                f'has no \\boxed{{...}} in its {key!r} field (answer_format "boxed"); box the '
                 'answer or set task.options.answer_format = "plain"'
             )
     return text

@@ -182,7 +182,6 @@ class Scorer:
         reward = sum(self.weights[name] * value for name, value in parts.items())
         return Scored(verdict=verdict, parts=parts, reward=reward, bad=bad, failed=failed)
 
-
     def watch(
         self,
         problem: Problem,
