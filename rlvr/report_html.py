@@ -168,7 +168,7 @@ def cost_rows(run: Run) -> list[tuple[str, Any]]:
         ("GRPO steps", len(grpo) or None),
         ("GRPO s/step", s.get("grpo_seconds_per_step")),
         ("completion tokens sampled", tokens or None),
-        ("wall seconds", s.get("wall_seconds")),
+        ("wall seconds", round(s["wall_seconds"]) if "wall_seconds" in s else None),
     ]
     return [(label, value) for label, value in rows if value is not None]
 
