@@ -252,13 +252,24 @@ def _one_run(run: Run, tmp: Path, plots: bool) -> str:
             "metric</th><th>before GRPO</th><th>after GRPO</th><th>change</th></tr>"
             f"{body}</table>"
         )
+    figures: list[Path] = []
     if plots:
-        headline = plot_headline([run.path], tmp / "headline.png")
-        if headline:
-            parts.append(f"<h2>Training at a glance</h2>{_img(headline, 'headline figure')}")
+        # the run's own plots/ when they are newer than its metrics (rlvr train just drew
+        # them), else drawn afresh into a temporary folder
+        drawn = run.path / "plots"
+        metrics = run.path / "metrics.jsonl"
+        fresh = (drawn / "headline.png").is_file() and metrics.is_file() and (
+            (drawn / "headline.png").stat().st_mtime >= metrics.stat().st_mtime)  # fmt: skip
+        figures = sorted(drawn.glob("*.png")) if fresh else plot_metrics(run.path, out_dir=tmp)
+    headline = [p for p in figures if p.stem == "headline"]
+    if headline:
+        parts.append(f"<h2>Training at a glance</h2>{_img(headline[0], 'headline figure')}")
     parts.append(_hacking_section(run, tmp, plots))
     if plots:
-        grids = [p for p in plot_metrics(run.path, out_dir=tmp / "grid") if p.stem != "headline"]
+        order = {"pretrain": 0, "grpo": 1, "eval": 2}
+        grids = sorted(
+            (p for p in figures if p.stem != "headline"), key=lambda p: order.get(p.stem, 3)
+        )
         if grids:
             images = "".join(_img(p, f"{p.stem} metrics") for p in grids)
             parts.append(
