@@ -182,6 +182,7 @@ def compare_rows(runs: list[Run]) -> list[tuple[str, list[str]]]:
         for label, before, after in summary_rows(run):
             labels += [label] if label not in labels else []
             cells.setdefault(label, {})[i] = f"{_fmt(before)} -> {_fmt(after)}"
+    for i, run in enumerate(runs):  # the cost rows after every run's metric rows
         for label, value in cost_rows(run):
             labels += [label] if label not in labels else []
             cells.setdefault(label, {})[i] = _fmt(value)
