@@ -29,7 +29,7 @@ def test_readme_example_runs(tmp_path):
     code = readme_example()
     assert len(code.strip().splitlines()) <= 6  # the import and five lines
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+                            text=True, timeout=1800, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     before_after, accuracy = result.stdout.strip().splitlines()[-2:]
     run = tmp_path / "runs" / "notebook"
