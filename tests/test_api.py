@@ -51,6 +51,15 @@ def test_train_and_evaluate_return_the_run(tmp_path):
     assert again["accuracy"] == run.after["accuracy"]
 
 
+def test_train_is_the_function_even_after_the_module_was_imported():
+    import rlvr.train  # noqa: F401 - what cli, tests and benchmarks do
+    from rlvr import evaluate, train
+    from rlvr.api import evaluate as api_evaluate
+
+    assert callable(train) and train.run is rlvr.train.run  # the module, callable
+    assert evaluate is api_evaluate
+
+
 def test_config_load_errors_are_config_errors():
     from rlvr import Config
     from rlvr.errors import ConfigError
