@@ -53,7 +53,9 @@ def test_wheel_installs_and_runs(tmp_path):
     assert "rlvr" not in check.stdout, check.stdout  # every dependency of the wheel is there
 
     rlvr = env_dir / "bin" / "rlvr"
-    version = subprocess.run([str(rlvr), "--version"], capture_output=True, text=True, cwd=tmp_path, env=clean)
+    version = subprocess.run(
+        [str(rlvr), "--version"], capture_output=True, text=True, cwd=tmp_path, env=clean
+    )
     assert version.stdout.strip() == "rlvr 0.1.0"
     where = subprocess.run([str(python), "-c", "import rlvr; print(rlvr.__file__)"],
                            capture_output=True, text=True, cwd=tmp_path, env=clean).stdout.strip()  # fmt: skip
