@@ -949,6 +949,7 @@ def phase_configs(cfg: Config) -> list[tuple[str, Config]]:
         for key in PHASE_SECTIONS:  # the phase's own copies of the tables it may change
             setattr(phase, key, dataclasses.replace(getattr(cfg, key)))
         _apply(phase, table, "", f"{where} ({kind})")
+        phase.iterate.rounds = 0  # a phase is one round; it describes no phases of its own
         validate(phase)
         out.append((kind, phase))
     return out
