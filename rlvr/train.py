@@ -348,11 +348,14 @@ class PhaseLogger:
 class PhaseCheckpointer:
     """The run's Checkpointer as phase `index` saves through it: checkpoints go to
     checkpoints/<index>-<kind>-<step>/ and their trainer state records the phase index, the
-    results of the phases before it and how many metrics.jsonl lines the run had written
-    (a resumed run keeps exactly those)."""
+    evaluation before the first phase and the results of the phases before this one, and how
+    many metrics.jsonl lines the run had written (a resumed run keeps exactly those)."""
 
-    def __init__(self, checkpointer: Checkpointer, index: int, results: list[dict]) -> None:
+    def __init__(self, checkpointer: Checkpointer, index: int, results: list[dict],
+                 before: dict) -> None:  # fmt: skip
         self.checkpointer, self.index, self.results = checkpointer, index, results
+        self.before = before
+        """The evaluation before the first phase (the run summary's pretrain_* figures)."""
         self.run_dir, self.cfg = checkpointer.run_dir, checkpointer.cfg
 
     @property
@@ -365,7 +368,7 @@ class PhaseCheckpointer:
     def save(self, phase: str, step: int, model: torch.nn.Module, trainer_state: dict) -> Path:
         return self.checkpointer.save(f"{self.index}-{phase}", step, model, {
             **trainer_state, "phase": phase, "phase_index": self.index,
-            "phase_results": self.results,
+            "phase_results": self.results, "before": self.before,
             "metrics_records": len(read_metrics(self.run_dir)),
         })  # fmt: skip
 
@@ -436,7 +439,7 @@ def run_phases(
         phase_cfg.seed, phase_cfg.run_dir = cfg.seed + 1000 * (index - 1), cfg.run_dir
         label = f"{index}-{kind}"
         plog = PhaseLogger(logger, index)
-        pcheck = PhaseCheckpointer(checkpointer, index, results)
+        pcheck = PhaseCheckpointer(checkpointer, index, results, before)
         console.print(f"phase {label}")
         t0 = time.perf_counter()
         record: dict = {"index": index, "kind": kind, "label": label}

@@ -22,10 +22,10 @@ import torch
 from safetensors.torch import load_file
 
 import rlvr.train
-from rlvr.checkpoint import list_checkpoints, phase_order, save_checkpoint
+from rlvr.checkpoint import list_checkpoints, load_checkpoint, phase_order, save_checkpoint
 from rlvr.cli import main
 from rlvr.config import ConfigError, SFTConfig, load_config, phase_configs
-from rlvr.iterate import keep_traces, majority_answer, select, training_rows
+from rlvr.iterate import examples_of, keep_traces, majority_answer, select, training_rows
 from rlvr.learning.algorithms import dpo_loss, sequence_logprob_sums, sft_loss
 from rlvr.learning.dpo import verified_pairs
 from rlvr.learning.learner import make_batch, sequence_logprobs
@@ -292,11 +292,26 @@ def test_phase_configs_and_checkpoint_order():
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory) -> Path:
-    """The smoke recipe's pretrained model (150 steps): it solves a few problems when it samples."""
+    """The smoke recipe's model pretrained for 400 steps: it solves some problems when it samples."""
     out = tmp_path_factory.mktemp("post") / "base"
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(rlvr.train, "plot_metrics", lambda run_dir: [])
-        assert main(["train", SMOKE, "--out", str(out), *TINY, "--grpo.steps", "0"]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    SMOKE,
+                    "--out",
+                    str(out),
+                    *TINY,
+                    "--grpo.steps",
+                    "0",
+                    "--pretrain.steps",
+                    "400",
+                ]
+            )
+            == 0
+        )
     return out / "pretrained"
 
 
@@ -311,7 +326,7 @@ def test_every_trainer_end_to_end_through_the_cli(pretrained, tmp_path):
         f'[{{kind = "sft", sft = {{data = "{data}", steps = 3, packing = true, batch_size = 8}}}},'
         ' {kind = "grpo", grpo = {steps = 2}},'
         f' {{kind = "rsft", traces = {{{traces}}}, sft = {{steps = 2}}}},'
-        ' {kind = "dpo", dpo = {steps = 2}},'
+        ' {kind = "dpo", dpo = {steps = 2}, grpo = {num_prompts = 8, group_size = 8}},'
         f' {{kind = "distill", traces = {{teacher = "{pretrained}", {traces}}}, sft = {{steps = 2}}}}]'
     )
     out = tmp_path / "run"
@@ -440,12 +455,25 @@ def test_a_round_killed_mid_fine_tuning_resumes_exactly(pretrained, tmp_path):
 def test_fine_tune_from_start_restarts_every_round_from_the_first_weights(pretrained, tmp_path):
     out = tmp_path / "start"
     assert main(["iterate", SMOKE, "--init_from", str(pretrained), "--out", str(out), *TINY,
-                 *ITERATE, "--iterate.fine_tune_from", "start", "--sft.lr", "0"]) == 0  # fmt: skip
-    # with lr 0 every round ends where it began: at the start weights, bitwise
-    start = load_file(out / "start" / "model.safetensors")
-    final = load_file(out / "checkpoint" / "model.safetensors")
-    assert all(torch.equal(start[k], final[k]) for k in start)
-    assert start.keys() == load_file(pretrained / "model.safetensors").keys()
+                 *ITERATE, "--iterate.fine_tune_from", "start", "--checkpoint.keep", "9"]) == 0  # fmt: skip
+    # round 2's first SFT loss is the start weights' loss on its first batch (seed + 1000)
+    start, tok, cfg, _ = load_checkpoint(out / "start")
+    assert load_file(out / "start" / "model.safetensors").keys() == load_file(
+        pretrained / "model.safetensors").keys()  # fmt: skip
+    rows = [json.loads(x) for x in (out / "traces" / "2-rsft.jsonl").read_text().splitlines()]
+    examples = examples_of(rows)
+    chosen = [examples[i] for i in step_examples(len(examples), 4, 1, seed=cfg.seed + 1000)]
+    batch = make_sft_batch(chosen, tok.pad_id)
+    ids = batch["input_ids"]
+    with torch.no_grad():
+        loss, _ = sft_loss(start(ids[:, :-1]), ids[:, 1:], batch["mask"])
+    logged = next(r["loss"] for r in records(out) if r["phase"] == "2-rsft" and r["step"] == 1)
+    assert logged == pytest.approx(loss.item(), abs=1e-5)
+    # ... and not the loss of the weights round 1 left (which "previous" would start from)
+    after_round_1 = load_checkpoint(out / "checkpoints" / "1-rsft-000004")[0]
+    with torch.no_grad():
+        other, _ = sft_loss(after_round_1(ids[:, :-1]), ids[:, 1:], batch["mask"])
+    assert abs(other.item() - logged) > 1e-4
 
 
 # ----------------------------------------------------------------------------- bad input
