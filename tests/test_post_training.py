@@ -518,3 +518,32 @@ def test_a_round_with_no_correct_trace_stops_with_what_to_change(tmp_path, capsy
 def test_iterate_without_rounds_is_one_line_and_exit_2(tmp_path, capsys):
     assert main(["iterate", SMOKE, "--out", str(tmp_path / "run")]) == 2
     assert "set iterate.rounds" in one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("start", ["scratch", "model"])
+def test_sft_from_scratch_or_a_hugging_face_model(tmp_path, start):
+    """SFT through the CLI from a from-scratch model (no pretraining) and from a --model
+    checkpoint (chat messages through its template): the loss falls, the weights move."""
+    rows = [{"messages": [{"role": "user", "content": f"{a}+{b}*2="},
+                          {"role": "assistant", "content": f"<think></think><answer>{a + 2 * b}</answer>"}]}
+            for a in range(1, 5) for b in range(2, 4)]  # fmt: skip
+    data = write_jsonl(tmp_path / "chat.jsonl", rows)
+    args = ["train", SMOKE, "--out", str(tmp_path / "run"), *TINY, "--pretrain.steps", "0",
+            "--reward.workers", "0", "--eval.max_new_tokens", "16", "--phases",
+            f'[{{kind = "sft", sft = {{data = "{data}", steps = 6, lr = 3e-3, batch_size = 8}}}}]']  # fmt: skip
+    if start == "model":
+        pytest.importorskip("transformers")
+        from test_byo_model import qwen2_checkpoint
+
+        folder = qwen2_checkpoint(tmp_path / "qwen2")
+        args += ["--model", str(folder)]
+    assert main(args) == 0
+    losses = [r["loss"] for r in records(tmp_path / "run") if r["phase"] == "1-sft"]
+    assert len(losses) == 6 and losses[-1] < losses[0] - 0.1
+    _, tokenizer, _, _ = load_checkpoint(tmp_path / "run")
+    prompt = load_examples(data, SFTConfig(), tokenizer)[0].prompt_ids
+    if start == "model":  # the chat template wrote the prompt; the response ends with <|im_end|>
+        assert tokenizer.decode(prompt).endswith("<|im_start|>assistant\n")
+    else:
+        assert tokenizer.decode(prompt) == "<bos>1+2*2=\n"
