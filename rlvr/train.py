@@ -351,9 +351,10 @@ class PhaseCheckpointer:
     evaluation before the first phase and the results of the phases before this one, and how
     many metrics.jsonl lines the run had written (a resumed run keeps exactly those)."""
 
-    def __init__(self, checkpointer: Checkpointer, index: int, results: list[dict],
+    def __init__(self, checkpointer: Checkpointer, index: int, every: int, results: list[dict],
                  before: dict) -> None:  # fmt: skip
-        self.checkpointer, self.index, self.results = checkpointer, index, results
+        self.checkpointer, self.index, self.every = checkpointer, index, every
+        self.results = results
         self.before = before
         """The evaluation before the first phase (the run summary's pretrain_* figures)."""
         self.run_dir, self.cfg = checkpointer.run_dir, checkpointer.cfg
@@ -363,7 +364,8 @@ class PhaseCheckpointer:
         return self.checkpointer.last
 
     def due(self, step: int, last_step: int) -> bool:
-        return self.checkpointer.due(step, last_step)
+        every = self.every  # the phase's own checkpoint.every
+        return step == last_step or (every > 0 and step % every == 0)
 
     def save(self, phase: str, step: int, model: torch.nn.Module, trainer_state: dict) -> Path:
         return self.checkpointer.save(f"{self.index}-{phase}", step, model, {
@@ -439,7 +441,8 @@ def run_phases(
         phase_cfg.seed, phase_cfg.run_dir = cfg.seed + 1000 * (index - 1), cfg.run_dir
         label = f"{index}-{kind}"
         plog = PhaseLogger(logger, index)
-        pcheck = PhaseCheckpointer(checkpointer, index, results, before)
+        pcheck = PhaseCheckpointer(checkpointer, index, phase_cfg.checkpoint.every, results,
+                                   before)  # fmt: skip
         console.print(f"phase {label}")
         t0 = time.perf_counter()
         record: dict = {"index": index, "kind": kind, "label": label}
