@@ -22,8 +22,9 @@ what `AutoModelForCausalLM.from_pretrained` and `PreTrainedTokenizerFast.from_pr
 load, with the same logits.
 
 A run keeps its resumable checkpoints in run_dir/checkpoints/<phase>-<step>/ (pretrain-000400,
-grpo-000020, ...; a run with [[phases]]: 1-sft-000040, 2-grpo-000020, ...), the newest `checkpoint.keep` of them; `latest_checkpoint` finds the one
-`rlvr train --resume` continues from.
+grpo-000020, ...; a run with [[phases]]: 1-sft-000040, 2-grpo-000020, ...), the newest
+`checkpoint.keep` of them; `latest_checkpoint` finds the one `rlvr train --resume` continues
+from.
 """
 
 from __future__ import annotations
