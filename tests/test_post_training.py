@@ -31,6 +31,7 @@ from rlvr.learning.dpo import verified_pairs
 from rlvr.learning.learner import make_batch, sequence_logprobs
 from rlvr.learning.sft import Example, load_examples, make_sft_batch, num_steps, step_examples
 from rlvr.model import ModelConfig, Transformer
+from rlvr.report import depends_on_clock
 from rlvr.sampling.rollout import Episode
 from rlvr.tasks import Problem
 from rlvr.tokenizer import DEFAULT_CHARS, CharTokenizer
@@ -38,7 +39,6 @@ from rlvr.verifiers import Verdict
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = str(ROOT / "rlvr" / "recipes" / "smoke.toml")
-TIMING = ("time", "seconds", "per_second")
 TINY = ["--threads", "1", "--plots", "false", "--eval.num_problems", "8",
         "--eval.num_samples", "0"]  # fmt: skip
 PATIENCE_S = 240
@@ -68,7 +68,7 @@ def records(run_dir: Path) -> list[dict]:
 
 
 def without_timing(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if not any(t in k for t in TIMING)} for r in rows]
+    return [{k: v for k, v in r.items() if not depends_on_clock(k)} for r in rows]
 
 
 def one_error_line(err: str) -> str:
