@@ -306,7 +306,7 @@ class IterateConfig:
     evaluate); used when no [[phases]] are given."""
     fine_tune_from: str = "previous"
     """Where each round's fine-tuning starts: "previous" (the last round's weights) or
-    "start" (the weights the first round started from, as in STaR)."""
+    "start" (the weights the run's phases started from, saved in run_dir/start/, as in STaR)."""
 
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
