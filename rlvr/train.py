@@ -344,6 +344,9 @@ class PhaseLogger:
     def log(self, phase: str, step: int, metrics: dict) -> None:
         self.logger.log(f"{self.index}-{phase}", step, metrics)
 
+    def log_flagged(self, step: int, episodes: list, limit: int = 3) -> None:
+        self.logger.log_flagged(step, episodes, limit)
+
 
 class PhaseCheckpointer:
     """The run's Checkpointer as phase `index` saves through it: checkpoints go to
