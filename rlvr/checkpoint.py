@@ -22,8 +22,9 @@ what `AutoModelForCausalLM.from_pretrained` and `PreTrainedTokenizerFast.from_pr
 load, with the same logits.
 
 A run keeps its resumable checkpoints in run_dir/checkpoints/<phase>-<step>/ (pretrain-000400,
-grpo-000020, ...), the newest `checkpoint.keep` of them; `latest_checkpoint` finds the one
-`rlvr train --resume` continues from.
+grpo-000020, ...; a run with [[phases]]: 1-sft-000040, 2-grpo-000020, ...), the newest
+`checkpoint.keep` of them; `latest_checkpoint` finds the one `rlvr train --resume` continues
+from.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from rlvr.config import Config, ConfigError, load_config, to_toml
+from rlvr.config import PHASE_KINDS, Config, ConfigError, load_config, to_toml
 from rlvr.errors import TrainingError
 from rlvr.hf import save_hf
 from rlvr.lora import base_layers, merged_copy
@@ -48,6 +49,8 @@ WEIGHTS = "model.safetensors"
 TRAINER_STATE = "trainer_state.pt"
 CHECKPOINTS = "checkpoints"
 PHASES = ("pretrain", "grpo")  # in run order
+"""The phases of a plain run. A run with [[phases]] names its checkpoints <i>-<kind>-<step>
+(2-grpo-000020): phase i, after pretraining and before phase i + 1."""
 
 
 def save_checkpoint(
@@ -158,17 +161,29 @@ def checkpoint_dir(run_dir: str | Path, phase: str, step: int) -> Path:
     return Path(run_dir) / CHECKPOINTS / f"{phase}-{step:06d}"
 
 
+def phase_order(label: str) -> int | None:
+    """Where a checkpoint's phase label falls in a run: pretrain 0, a plain run's grpo 1, phase
+    i of a multi-phase run ("i-kind") i; None for a name that is no checkpoint's."""
+    if label in PHASES:
+        return PHASES.index(label)
+    index, _, kind = label.partition("-")
+    if index.isdigit() and not index.startswith("0") and kind in PHASE_KINDS:
+        return int(index)
+    return None
+
+
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
     """The run's complete resumable checkpoints, oldest first (by phase, then step)."""
     folder = Path(run_dir) / CHECKPOINTS
     found = []
     if folder.is_dir():
         for path in folder.iterdir():
-            phase, _, step = path.name.partition("-")
+            label, _, step = path.name.rpartition("-")
+            order = phase_order(label)
             # temporary folders start with "." and never match; a folder without its
             # trainer state was not written by a completed save
-            if phase in PHASES and step.isdigit() and (path / TRAINER_STATE).is_file():
-                found.append((PHASES.index(phase), int(step), path))
+            if order is not None and step.isdigit() and (path / TRAINER_STATE).is_file():
+                found.append((order, int(step), path))
     return [path for _, _, path in sorted(found)]
 
 

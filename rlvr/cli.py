@@ -3,6 +3,9 @@
     rlvr demo [--out DIR] [--key value ...]        pretrain -> eval -> GRPO -> eval, on the CPU
     rlvr train CONFIG.toml [--out DIR] [--model HF_FOLDER] [--key value ...]
     rlvr train --resume DIR [--key value ...]      continue a stopped or killed run
+    rlvr iterate CONFIG.toml [--out DIR] [--key value ...]
+                                                   self-improvement: rounds of sample -> keep
+                                                   verified traces -> fine-tune -> evaluate
     rlvr eval RUN_DIR [--key value ...]            re-evaluate a saved checkpoint
     rlvr report RUN_DIR [RUN_DIR ...] [--out FILE] one HTML page for a run, or runs compared
     rlvr verify INPUT.jsonl [--verifier math|choice|code|puzzle:NAME] [--output OUT.jsonl]
@@ -68,6 +71,17 @@ def _parser(resume: bool = False) -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="DIR",
                        help="continue the run in DIR from its latest checkpoint")  # fmt: skip
 
+    iterate = sub.add_parser(
+        "iterate", help="self-improvement rounds: sample, keep verified traces, fine-tune, evaluate",
+        epilog=_help_keys(), formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    if not resume:
+        iterate.add_argument("config", nargs="?", help="a TOML recipe, e.g. recipes/iterate.toml")
+    iterate.add_argument("--out", help="run folder (default: runs/<name>-<time>)")
+    iterate.add_argument("--model", metavar="PATH",
+                         help="a local Hugging Face checkpoint folder to start from")  # fmt: skip
+    iterate.add_argument("--resume", metavar="DIR",
+                         help="continue the run in DIR from its latest checkpoint")  # fmt: skip
+
     ev = sub.add_parser("eval", help="evaluate a run's checkpoint on the held-out split")
     ev.add_argument("run_dir", help="a run folder or a checkpoint folder")
     ev.add_argument("--output", help="also write the metrics to this JSON file")
@@ -101,21 +115,22 @@ def main(argv: list[str] | None = None) -> int:
     resume = any(a == "--resume" or a.startswith("--resume=") for a in argv)
     args, overrides = _parser(resume).parse_known_args(argv)
     try:
-        if args.command in ("demo", "train") and args.resume:
+        if args.command in ("demo", "train", "iterate") and args.resume:
             if getattr(args, "config", None) or args.out or getattr(args, "model", None):
                 raise ConfigError(
                     "--resume DIR takes the run's own config.toml: drop the CONFIG, --out and "
                     "--model arguments (overrides such as --grpo.steps 100 are allowed)."
                 )
-            return _resume(Path(args.resume), overrides)
+            return _resume(Path(args.resume), overrides, iterate=args.command == "iterate")
         if args.command == "demo":
             return _train(recipe_path("demo"), args.out, overrides)
-        if args.command == "train":
+        if args.command in ("train", "iterate"):
             if not args.config:
-                raise ConfigError("rlvr train needs a CONFIG.toml (or --resume DIR).")
+                raise ConfigError(f"rlvr {args.command} needs a CONFIG.toml (or --resume DIR).")
             if args.model:
                 overrides = [*overrides, "--model_path", args.model]
-            return _train(Path(args.config), args.out, overrides)
+            return _train(Path(args.config), args.out, overrides,
+                          iterate=args.command == "iterate")  # fmt: skip
         if args.command == "eval":
             return _eval(Path(args.run_dir), args.output, overrides)
         if args.command == "report":
@@ -158,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _resume(run_dir: Path, overrides: list[str]) -> int:
+def _resume(run_dir: Path, overrides: list[str], iterate: bool = False) -> int:
     if not (run_dir / "config.toml").is_file():
         raise ConfigError(
             f"{run_dir} is not a run folder (it has no config.toml); pass the folder a "
@@ -166,7 +181,7 @@ def _resume(run_dir: Path, overrides: list[str]) -> int:
         )
     cfg = load_config(run_dir / "config.toml", overrides)
     cfg.run_dir = str(run_dir)
-    return _train(None, None, [], cfg=cfg, resume=True)
+    return _train(None, None, [], cfg=cfg, resume=True, iterate=iterate)
 
 
 def _train(
@@ -175,11 +190,18 @@ def _train(
     overrides: list[str],
     cfg: Config | None = None,
     resume: bool = False,
+    iterate: bool = False,
 ) -> int:
     if cfg is None:
         cfg = load_config(config_path, overrides)
     if out:
         cfg.run_dir = out
+    if iterate and not (cfg.iterate.rounds or any(
+            p.get("kind") in ("rsft", "distill") for p in cfg.phases)):  # fmt: skip
+        raise ConfigError(
+            "rlvr iterate runs rounds of sampling and fine-tuning: set iterate.rounds (e.g. "
+            "--iterate.rounds 3) or give [[phases]] of kind rsft."
+        )
     from rlvr.report import print_table
     from rlvr.train import run
 
@@ -187,8 +209,14 @@ def _train(
     keys = [k for k in result["after"] if k in result["before"]]
     print_table({k: result["before"][k] for k in keys}, {k: result["after"][k] for k in keys},
                 title=f"held-out {cfg.task.name}, {result['eval_problems']} problems: before vs after GRPO")  # fmt: skip
-    print(f"GRPO: {result.get('grpo_seconds_per_step', 0.0):.3f} s/step   wall: {result['wall_seconds']:.0f} s",
-          file=sys.stderr)  # fmt: skip
+    if "rounds_table" in result:
+        print(result["rounds_table"], file=sys.stderr)
+    if "phases" in result:
+        print("phases: " + ", ".join(f"{r['label']} {r['seconds']:.0f} s" for r in result["phases"])
+              + f"   wall: {result['wall_seconds']:.0f} s", file=sys.stderr)  # fmt: skip
+    else:
+        print(f"GRPO: {result.get('grpo_seconds_per_step', 0.0):.3f} s/step   wall: {result['wall_seconds']:.0f} s",
+              file=sys.stderr)  # fmt: skip
     from rlvr.report_html import write_report
 
     print(write_report([run_dir], plots=cfg.plots))  # the report, then the run folder last

@@ -207,6 +207,108 @@ class EvalConfig:
     """Completions written to samples/ at each evaluation."""
 
 
+PHASE_KINDS = ("sft", "grpo", "dpo", "rsft", "distill")
+"""What a phase of a multi-phase run does (the `kind` of a [[phases]] table): sft (a data
+file), grpo, dpo (online, on verifier-labelled pairs), rsft (rejection-sampling SFT on the
+policy's own verified traces: one round of `rlvr iterate`), distill (SFT on a teacher's
+verified traces)."""
+PHASE_SECTIONS = ("sft", "grpo", "dpo", "traces", "iterate", "eval", "checkpoint")
+"""The config tables a [[phases]] table may override for its phase."""
+TRACE_FILTERS = ("verifier", "majority")
+
+
+@dataclass
+class SFTConfig:
+    data: str = ""
+    """JSONL or Parquet file of a kind = "sft" phase: one example per line/row, either
+    {prompt, response} or {messages: [{role, content}, ...]} ending with the assistant's."""
+    prompt_field: str = "prompt"
+    """Name of the prompt column in sft.data."""
+    response_field: str = "response"
+    """Name of the response column in sft.data (the text from <think> on)."""
+    messages_field: str = "messages"
+    """Name of the chat-messages column in sft.data (used when a row has no prompt field)."""
+    epochs: float = 2.0
+    """Passes over the examples (rounded up to whole optimizer steps); see sft.steps."""
+    steps: int = 0
+    """Optimizer steps of the phase; 0 derives them from sft.epochs."""
+    batch_size: int = 32
+    """Examples per optimizer step."""
+    lr: float = 1e-4
+    """AdamW learning rate (linear warmup, then constant)."""
+    warmup_steps: int = 0
+    """Steps of linear learning-rate warmup."""
+    weight_decay: float = 0.0
+    """AdamW weight decay on matrices."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value (0 turns clipping off)."""
+    packing: bool = False
+    """Pack a step's examples into rows of sft.max_length tokens (positions restart and
+    attention stays inside each example, so the loss is the unpacked one) instead of
+    padding each to the longest; needs rlvr's own model."""
+    max_length: int = 256
+    """Longest example (prompt + response) in tokens, and the packed row length."""
+
+
+@dataclass
+class DPOConfig:
+    steps: int = 30
+    """Online DPO steps; each samples grpo.num_prompts x grpo.group_size completions (the
+    grpo.* sampling keys), pairs a verified-correct with a wrong one per problem, and updates."""
+    beta: float = 0.1
+    """DPO's beta: the strength of the implicit KL constraint to the reference."""
+    lr: float = 1e-5
+    """AdamW learning rate (linear warmup, then constant)."""
+    warmup_steps: int = 0
+    """Steps of linear learning-rate warmup."""
+    weight_decay: float = 0.0
+    """AdamW weight decay on matrices."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value (0 turns clipping off)."""
+    pairs_per_problem: int = 1
+    """At most this many (correct, wrong) pairs per problem and step."""
+    num_iterations: int = 1
+    """Optimizer passes over each step's pairs."""
+    ref_update_every: int = 0
+    """Copy the policy into the reference every this many steps (iterative DPO; 0: the
+    reference stays the phase's starting policy)."""
+
+
+@dataclass
+class TracesConfig:
+    num_problems: int = 256
+    """Training problems sampled per round (the same problems every round)."""
+    samples_per_problem: int = 8
+    """Completions sampled per problem (k)."""
+    max_per_problem: int = 4
+    """At most this many distinct kept traces per problem (m)."""
+    temperature: float = 1.0
+    """Sampling temperature of the traces."""
+    max_new_tokens: int = 64
+    """Longest sampled trace."""
+    filter: str = "verifier"
+    """Which traces are kept: "verifier" (the verified-correct ones) or "majority" (those
+    whose answer is the model's own majority answer, no verifier: the blind-spot experiment)."""
+    require_think: bool = False
+    """Keep only traces with a non-empty think block (R1's long-trace cold start)."""
+    balance: bool = True
+    """Every kept problem gives max_per_problem training rows (its distinct traces repeated
+    in turn), so problems the model rarely solves weigh as much as the easy ones."""
+    teacher: str = ""
+    """Checkpoint or run folder whose model samples the traces of a kind = "distill" phase
+    (its tokenizer must be the student's)."""
+
+
+@dataclass
+class IterateConfig:
+    rounds: int = 0
+    """Self-improvement rounds of `rlvr iterate` (each: sample, verify, keep, fine-tune,
+    evaluate); used when no [[phases]] are given."""
+    fine_tune_from: str = "previous"
+    """Where each round's fine-tuning starts: "previous" (the last round's weights) or
+    "start" (the weights the run's phases started from, saved in run_dir/start/, as in STaR)."""
+
+
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 """The linear layers of rlvr's Transformer (and of Llama/Qwen/Mistral checkpoints) LoRA can adapt."""
 
@@ -299,6 +401,15 @@ class Config:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    traces: TracesConfig = field(default_factory=TracesConfig)
+    iterate: IterateConfig = field(default_factory=IterateConfig)
+    phases: list = field(default_factory=list)
+    """The run's phases after pretraining (or loading), in order: [[phases]] tables, each
+    with a kind (sft, grpo, dpo, rsft, distill) and overrides of the sft, grpo, dpo, traces,
+    iterate, eval and checkpoint tables for that phase, e.g. {kind = "grpo", grpo = {steps =
+    30}}. Empty: one GRPO phase (or iterate.rounds rsft rounds)."""
 
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: dict | None = None) -> Config:
@@ -734,6 +845,114 @@ def validate(cfg: Config) -> None:
             ":" in str(name),
             f"reward.functions key {name!r} must be 'module:function', e.g. 'my_rewards:brevity'.",
         )
+    validate_post_training(cfg)
+
+
+def validate_post_training(cfg: Config) -> None:
+    """The sft, dpo, traces and iterate tables, and every phase of cfg.phases (each phase's
+    own config, with its overrides, is validated like a whole run's)."""
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(message)
+
+    sft, dpo, t, it = cfg.sft, cfg.dpo, cfg.traces, cfg.iterate
+    for prefix, section in {"sft.": sft, "dpo.": dpo, "traces.": t}.items():
+        for f in dataclasses.fields(section):
+            value = getattr(section, f.name)
+            if isinstance(value, float):
+                need(
+                    math.isfinite(value), f"{prefix}{f.name} must be a finite number, got {value}."
+                )
+    for key, value in [
+        ("sft.batch_size", sft.batch_size), ("sft.lr", sft.lr), ("sft.max_length", sft.max_length),
+        ("sft.epochs", sft.epochs), ("dpo.beta", dpo.beta), ("dpo.lr", dpo.lr),
+        ("dpo.pairs_per_problem", dpo.pairs_per_problem),
+        ("dpo.num_iterations", dpo.num_iterations), ("traces.num_problems", t.num_problems),
+        ("traces.max_per_problem", t.max_per_problem), ("traces.temperature", t.temperature),
+        ("traces.max_new_tokens", t.max_new_tokens),
+    ]:  # fmt: skip
+        need(value > 0, f"{key} must be greater than 0, got {value}.")
+    for key, value in [
+        ("sft.steps", sft.steps), ("sft.warmup_steps", sft.warmup_steps),
+        ("sft.weight_decay", sft.weight_decay), ("sft.grad_clip", sft.grad_clip),
+        ("dpo.steps", dpo.steps), ("dpo.warmup_steps", dpo.warmup_steps),
+        ("dpo.weight_decay", dpo.weight_decay), ("dpo.grad_clip", dpo.grad_clip),
+        ("dpo.ref_update_every", dpo.ref_update_every), ("iterate.rounds", it.rounds),
+    ]:  # fmt: skip
+        need(value >= 0, f"{key} must be 0 or more, got {value}.")
+    need(
+        t.samples_per_problem >= 1,
+        f"traces.samples_per_problem must be at least 1, got {t.samples_per_problem}.",
+    )
+    need(
+        t.filter in TRACE_FILTERS,
+        f"traces.filter {t.filter!r} is not one of {', '.join(TRACE_FILTERS)}.",
+    )
+    need(
+        it.fine_tune_from in ("previous", "start"),
+        f"iterate.fine_tune_from {it.fine_tune_from!r} is not one of previous, start.",
+    )
+    if not cfg.phases and not it.rounds:
+        return
+    need(
+        not (cfg.phases and it.rounds),
+        "Both [[phases]] and iterate.rounds describe the run's phases; keep one of them.",
+    )
+    need(
+        cfg.lora.rank == 0,
+        "LoRA (lora.rank > 0) runs only in a plain GRPO run, not with [[phases]] or "
+        "iterate.rounds; set lora.rank = 0 to train all weights.",
+    )
+    for index, (kind, phase) in enumerate(phase_configs(cfg), start=1):
+        where = f"phases[{index}] ({kind})"
+        need(
+            kind != "sft" or bool(phase.sft.data),
+            f"{where} has no data: set sft.data to a JSONL or Parquet file of prompt/response "
+            "pairs or chat messages.",
+        )
+        need(
+            kind != "distill" or bool(phase.traces.teacher),
+            f"{where} has no teacher: set traces.teacher to the checkpoint (or run folder) "
+            "whose traces the student learns from.",
+        )
+        need(
+            kind != "distill" or phase.traces.filter == "verifier",
+            f"{where}: distillation keeps the teacher's verified-correct traces; set "
+            'traces.filter = "verifier".',
+        )
+
+
+def phase_configs(cfg: Config) -> list[tuple[str, Config]]:
+    """(kind, the phase's config) for each phase of the run, in order: cfg.phases with each
+    phase's overrides applied to a copy of cfg; iterate.rounds rsft rounds when cfg.phases
+    is empty; [] for a plain run (pretrain or load, then GRPO)."""
+    tables = cfg.phases or [{"kind": "rsft"} for _ in range(cfg.iterate.rounds)]
+    out = []
+    for index, table in enumerate(tables, start=1):
+        where = f"phases[{index}]"
+        if not isinstance(table, dict):
+            raise ConfigError(f'{where} must be a table like {{kind = "grpo"}}, got {table!r}.')
+        table = dict(table)
+        kind = table.pop("kind", None)
+        if kind not in PHASE_KINDS:
+            raise ConfigError(
+                f"{where} needs a kind, one of {', '.join(PHASE_KINDS)}; got {kind!r}."
+            )
+        for key in table:
+            if key not in PHASE_SECTIONS:
+                raise ConfigError(
+                    f"{where} ({kind}) cannot override {key!r}: a phase may set "
+                    f"{', '.join(PHASE_SECTIONS)} (e.g. grpo = {{steps = 30}})."
+                )
+        phase = dataclasses.replace(cfg, phases=[])
+        for key in PHASE_SECTIONS:  # the phase's own copies of the tables it may change
+            setattr(phase, key, dataclasses.replace(getattr(cfg, key)))
+        _apply(phase, table, "", f"{where} ({kind})")
+        phase.iterate.rounds = 0  # a phase is one round; it describes no phases of its own
+        validate(phase)
+        out.append((kind, phase))
+    return out
 
 
 # ----------------------------------------------------------------------------- writing
@@ -751,12 +970,17 @@ def to_toml(cfg: Config) -> str:
         value = getattr(cfg, f.name)
         if dataclasses.is_dataclass(value):
             tables.append((f.name, value))
+        elif f.name == "phases":
+            continue  # written last, as [[phases]] tables
         else:
             lines.append(f"{f.name} = {_toml_value(value)}")
     for name, obj in tables:
         lines.append(f"\n[{name}]")
         for f in dataclasses.fields(obj):
             lines.append(f"{f.name} = {_toml_value(getattr(obj, f.name))}")
+    for table in getattr(cfg, "phases", []):  # a reader sees the run's phases at a glance
+        lines.append("\n[[phases]]")
+        lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in table.items()]
     return "\n".join(lines) + "\n"
 
 

@@ -303,6 +303,7 @@ class Transformer(nn.Module):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         cache: Cache | None = None,
+        document_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits (B, T, vocab_size), float32, for token ids (B, T).
 
@@ -311,8 +312,13 @@ class Transformer(nn.Module):
         position_ids: (B, T); by default each real token's index among the real tokens of
             its row (padding included in the cache, if any), so padding does not shift RoPE.
         cache: if given, attend to the cached tokens too and append these ones to it.
+        document_ids: (B, T) for rows that pack several examples (SFT packing, no cache): a
+            token attends only to earlier tokens with the same id, and by default its
+            position counts from its example's first token, as if it were alone in its row.
         """
         B, T = input_ids.shape
+        if document_ids is not None:
+            return self._forward_packed(input_ids, document_ids, position_ids)
         start = cache.length if cache is not None else 0
         end = start + T
         self.check_length(end, cache)
@@ -355,6 +361,25 @@ class Transformer(nn.Module):
             attn_mask = attn_mask.masked_fill_(~allowed, float("-inf"))[:, None]  # (B, 1, T, S)
 
         return self._forward_layers(input_ids, position_ids, attn_mask, cache, end)
+
+    def _forward_packed(
+        self, input_ids: torch.Tensor, document_ids: torch.Tensor, position_ids: torch.Tensor | None
+    ) -> torch.Tensor:
+        """forward() for packed rows: causal attention inside each document only."""
+        B, T = input_ids.shape
+        same = document_ids[:, :, None] == document_ids[:, None, :]  # (B, T, T)
+        causal = torch.ones(T, T, dtype=torch.bool, device=input_ids.device).tril()
+        allowed = same & causal
+        if position_ids is None:  # index of each token within its document
+            slot = torch.arange(T, device=input_ids.device).expand(B, T)
+            starts = torch.where(allowed, slot[:, None, :], T).amin(dim=-1)  # (B, T)
+            position_ids = slot - starts
+        # each document must fit the model on its own (a row may hold several)
+        self.check_length(int(position_ids.max()) + 1, None)
+        x_dtype = self.model.embed_tokens.weight.dtype
+        attn_mask = torch.zeros(allowed.shape, dtype=x_dtype, device=input_ids.device)
+        attn_mask = attn_mask.masked_fill_(~allowed, float("-inf"))[:, None]  # (B, 1, T, T)
+        return self._forward_layers(input_ids, position_ids, attn_mask, None, T)
 
     def check_length(self, end: int, cache: Cache | None) -> None:
         """Raise ValueError if a sequence of `end` tokens does not fit the cache, the rotary

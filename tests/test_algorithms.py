@@ -11,6 +11,7 @@ from rlvr.learning.algorithms import (
     clipped_policy_loss,
     combine_rewards,
     compute_advantages,
+    dpo_loss,
     entropy_from_logits,
     group_advantages,
     kl_k3,
@@ -18,6 +19,8 @@ from rlvr.learning.algorithms import (
     masked_mean,
     policy_loss,
     sampler_correction,
+    sequence_logprob_sums,
+    sft_loss,
     token_logprobs,
 )
 
@@ -917,3 +920,71 @@ def test_sampler_correction_rejects_bad_input():
         sampler_correction(z, z, z, cap=0.0)
     with pytest.raises(ValueError, match="same"):
         sampler_correction(z, torch.zeros(1, 3), z)
+
+
+# ----------------------------------------------------------------------------- SFT and DPO
+
+
+def test_sft_loss_hand_computed_on_response_tokens_only():
+    # Row 0: position 0 has uniform logits over 3 tokens (target 1: -log 1/3 = 1.098612),
+    # position 1 has softmax [1/4, 1/2, 1/4] (target 1: -log 1/2 = 0.693147); position 2 is
+    # prompt (mask 0) with a terrible prediction that must not count.
+    ln2 = math.log(2.0)
+    logits = torch.tensor([[[0.0, 0.0, 0.0], [0.0, ln2, 0.0], [50.0, -50.0, 0.0]]])
+    targets = torch.tensor([[1, 1, 1]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    loss, stats = sft_loss(logits, targets, mask)
+    assert loss.item() == pytest.approx((math.log(3.0) + ln2) / 2, abs=1e-6)  # 0.895880
+    assert stats["num_tokens"].item() == 2
+    # arg-max hits: position 0 is a three-way tie (argmax picks 0: a miss), position 1 a hit
+    assert stats["token_accuracy"].item() == pytest.approx(0.5)
+    # a token mean over the batch, not a mean of per-row means: a second row with one
+    # response token of loss -log 1/3 gives (1.098612 * 2 + 0.693147) / 3
+    logits2 = torch.cat([logits, torch.zeros(1, 3, 3)])
+    loss2, _ = sft_loss(logits2, torch.tensor([[1, 1, 1], [2, 0, 0]]),
+                        torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]]))  # fmt: skip
+    assert loss2.item() == pytest.approx((2 * math.log(3.0) + ln2) / 3, abs=1e-6)
+    # no response token at all: 0, not NaN
+    assert sft_loss(logits, targets, torch.zeros(1, 3))[0].item() == 0.0
+    with pytest.raises(ValueError, match="agree"):
+        sft_loss(logits, targets, torch.ones(1, 2))
+
+
+def test_sequence_logprob_sums():
+    logprobs = torch.tensor([[-1.0, -2.0, -4.0], [-0.5, -8.0, float("nan")]])
+    mask = torch.tensor([[0.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    assert sequence_logprob_sums(logprobs, mask).tolist() == [-6.0, -0.5]
+
+
+def test_dpo_loss_hand_computed_value_and_gradient():
+    # Pair 0: beta 0.5, policy moved up on the chosen (-1 vs ref -2) and down on the rejected
+    # (-3 vs ref -2): r_w = 0.5, r_l = -0.5, margin 1, loss -log sigmoid(1) = log(1 + e^-1).
+    # Pair 1: the policy equals the reference: margin 0, loss log 2.
+    chosen = torch.tensor([-1.0, -2.0], requires_grad=True)
+    rejected = torch.tensor([-3.0, -2.0], requires_grad=True)
+    ref_chosen, ref_rejected = torch.tensor([-2.0, -2.0]), torch.tensor([-2.0, -2.0])
+    loss, stats = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta=0.5)
+    expected = (math.log(1 + math.exp(-1.0)) + math.log(2.0)) / 2  # 0.503197
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    assert stats["chosen_reward"].item() == pytest.approx((0.5 + 0.0) / 2)
+    assert stats["rejected_reward"].item() == pytest.approx((-0.5 + 0.0) / 2)
+    assert stats["reward_margin"].item() == pytest.approx(0.5)
+    assert stats["reward_accuracy"].item() == pytest.approx(0.5)  # margin 0 is not a win
+    # d loss / d log pi(y_w) = -beta * sigmoid(-margin) / P; the rejected side has the
+    # opposite sign
+    loss.backward()
+    sig = 1 / (1 + math.exp(1.0))  # sigmoid(-1) = 0.268941
+    assert chosen.grad.tolist() == pytest.approx([-0.5 * sig / 2, -0.5 * 0.5 / 2], abs=1e-6)
+    assert rejected.grad.tolist() == pytest.approx([0.5 * sig / 2, 0.5 * 0.5 / 2], abs=1e-6)
+
+
+def test_dpo_loss_finite_for_huge_margins_and_bad_input():
+    big = torch.tensor([1e4])
+    loss, _ = dpo_loss(-big, big, big, -big, beta=1.0)  # margin -4e4: loss 4e4, not inf
+    assert math.isfinite(loss.item()) and loss.item() == pytest.approx(4e4)
+    loss, stats = dpo_loss(*(torch.zeros(0) for _ in range(4)), beta=0.1)
+    assert loss.item() == 0.0 and stats["reward_accuracy"].item() == 0.0
+    with pytest.raises(ValueError, match="beta"):
+        dpo_loss(big, big, big, big, beta=0.0)
+    with pytest.raises(ValueError, match=r"\(P,\)"):
+        dpo_loss(big, torch.zeros(2), big, big, beta=0.1)

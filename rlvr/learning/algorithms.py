@@ -11,6 +11,8 @@ comes from and writes out its formula, so a reader can check the code against th
                    entropy bonus), clipped_policy_loss (the original token-mean loss)
     off-policy     sampler_correction (truncated / masked importance sampling between the
                    sampling engine's and the learner's log-probs)
+    fine-tuning    sft_loss (next-token cross-entropy on response tokens only),
+                   sequence_logprob_sums, dpo_loss (Direct Preference Optimization)
 
 Shapes used below:
     N  number of samples in a batch (= num_prompts * group_size)
@@ -730,3 +732,112 @@ def sampler_correction(
         weights = weights.unsqueeze(-1).expand_as(learner)  # (B, T)
     weights = torch.where(valid, weights, torch.zeros_like(weights))  # (B, T)
     return weights, stats
+
+
+# ----------------------------------------------------------------------------- fine-tuning
+
+
+def sft_loss(logits: Tensor, targets: Tensor, mask: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    """Supervised fine-tuning: next-token cross-entropy on the response tokens only.
+
+    The loss of instruction tuning (Ouyang et al. 2022, "Training language models to follow
+    instructions with human feedback", arXiv:2203.02155, section 3.5) and of DeepSeek-R1's
+    cold-start and rejection-sampling stages (DeepSeek-AI 2025, arXiv:2501.12948, 2.3.1 and
+    2.3.3): the prompt conditions the response but is not itself learned.
+
+        loss = sum_t mask_t * (-log softmax(z_t)[y_t]) / sum_t mask_t
+
+    a token mean over every response token of the batch, so a long response weighs more than
+    a short one (as in pretraining). A batch with no response token gives 0.
+
+    Args:
+        logits: (B, T, V); position t predicts targets[:, t].
+        targets: (B, T) token ids.
+        mask: (B, T), 1 on response tokens (prompt, padding and packing gaps 0).
+
+    Returns:
+        loss: scalar.
+        stats: detached scalars: num_tokens (response tokens), accuracy (share of response
+            tokens whose arg-max is the target).
+    """
+    if logits.shape[:-1] != targets.shape or mask.shape != targets.shape:
+        raise ValueError(
+            f"sft_loss: logits {tuple(logits.shape)}, targets {tuple(targets.shape)} and mask "
+            f"{tuple(mask.shape)} must agree on (B, T)."
+        )
+    nll = -token_logprobs(logits, targets)  # (B, T)
+    loss = masked_mean(nll, mask)
+    with torch.no_grad():
+        hits = (logits.argmax(dim=-1) == targets).to(nll.dtype)  # (B, T)
+        stats = {"num_tokens": mask.sum().detach(), "token_accuracy": masked_mean(hits, mask)}
+    return loss, stats
+
+
+def sequence_logprob_sums(logprobs: Tensor, mask: Tensor) -> Tensor:
+    """log pi(y | x) of whole responses: the sum of their token log-probs.
+
+        log pi(y | x) = sum_t mask_t * log pi(y_t | x, y_<t)
+
+    Args:
+        logprobs: (B, T) per-token log-probs (token_logprobs).
+        mask: (B, T), 1 on the response's tokens.
+
+    Returns:
+        (B,) sums.
+    """
+    return torch.where(mask.bool(), logprobs, torch.zeros_like(logprobs)).sum(dim=1)
+
+
+def dpo_loss(
+    chosen_logps: Tensor,
+    rejected_logps: Tensor,
+    ref_chosen_logps: Tensor,
+    ref_rejected_logps: Tensor,
+    beta: float,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Direct Preference Optimization on (chosen, rejected) response pairs.
+
+    Rafailov et al. 2023, "Direct Preference Optimization: Your Language Model is Secretly a
+    Reward Model" (arXiv:2305.18290), eq. 7:
+
+        r_w    = beta * (log pi(y_w|x) - log ref(y_w|x))         the chosen response's implicit reward
+        r_l    = beta * (log pi(y_l|x) - log ref(y_l|x))         the rejected one's
+        loss   = mean over pairs of  -log sigmoid(r_w - r_l)
+
+    Here the pairs come from the verifier: y_w a correct response, y_l a wrong one to the
+    same problem, both sampled from the policy (iterative/online DPO on verified pairs, as in
+    Pang et al. 2024, "Iterative Reasoning Preference Optimization", arXiv:2404.19733, without
+    its NLL term). -log sigmoid(x) is computed as softplus(-x), finite for any margin.
+
+    Args:
+        chosen_logps, rejected_logps: (P,) log pi of the chosen and rejected responses under
+            the policy being trained (sequence_logprob_sums).
+        ref_chosen_logps, ref_rejected_logps: (P,) the same under the frozen reference.
+        beta: > 0, the strength of the implicit KL constraint to the reference.
+
+    Returns:
+        loss: scalar, the mean over the P pairs (0 when P = 0).
+        stats: detached scalars: chosen_reward and rejected_reward (means of r_w and r_l),
+            reward_margin (mean of r_w - r_l), reward_accuracy (share of pairs with r_w > r_l).
+    """
+    if not beta > 0:
+        raise ValueError(f"dpo_loss: beta must be > 0, got {beta}.")
+    shapes = {tuple(t.shape) for t in (chosen_logps, rejected_logps, ref_chosen_logps,
+                                         ref_rejected_logps)}  # fmt: skip
+    if len(shapes) != 1 or chosen_logps.dim() != 1:
+        raise ValueError(f"dpo_loss: the four log-prob tensors must all be (P,), got {shapes}.")
+    chosen_rewards = beta * (chosen_logps - ref_chosen_logps)  # (P,)
+    rejected_rewards = beta * (rejected_logps - ref_rejected_logps)  # (P,)
+    margins = chosen_rewards - rejected_rewards  # (P,)
+    if margins.numel() == 0:
+        zero = margins.sum()
+        return zero, {k: zero.detach() for k in ("chosen_reward", "rejected_reward",
+                                                  "reward_margin", "reward_accuracy")}  # fmt: skip
+    loss = torch.nn.functional.softplus(-margins).mean()
+    stats = {
+        "chosen_reward": chosen_rewards.detach().mean(),
+        "rejected_reward": rejected_rewards.detach().mean(),
+        "reward_margin": margins.detach().mean(),
+        "reward_accuracy": (margins.detach() > 0).float().mean(),
+    }
+    return loss, stats
