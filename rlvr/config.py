@@ -79,6 +79,10 @@ class PretrainConfig:
     """Fraction of examples that show the step-by-step trace; the rest answer directly."""
     slip_fraction: float = 0.25
     """Fraction of traces with one arithmetic mistake, so the model learns imperfect thinking."""
+    decay_think_fraction: float = -1.0
+    """With schedule = "wsd": the think_fraction of the decay steps (the data mix changes when
+    the learning rate decays, as in MiniCPM), so that most steps can show traces while the
+    last ones set how often the model chooses to think; -1 keeps think_fraction throughout."""
     pack_length: int = 0
     """Pack whole examples into rows of this many tokens (one forward pass per step, less
     padding; an example attends to those before it in its row); 0 pads answer-only examples
@@ -608,6 +612,16 @@ def validate(cfg: Config) -> None:
         ("pretrain.slip_fraction", p.slip_fraction),
     ]:
         need(0 <= value <= 1, f"{key} must be a fraction in [0, 1], got {value}.")
+    need(
+        p.decay_think_fraction == -1 or 0 <= p.decay_think_fraction <= 1,
+        f"pretrain.decay_think_fraction must be a fraction in [0, 1] or -1 (off), got "
+        f"{p.decay_think_fraction}.",
+    )
+    need(
+        p.decay_think_fraction == -1 or p.schedule == "wsd",
+        'pretrain.decay_think_fraction needs pretrain.schedule = "wsd" (it is the mix of the '
+        "decay steps); set the schedule or decay_think_fraction = -1.",
+    )
     need(
         cfg.task.name != "dataset" or p.steps == 0 or bool(cfg.init_from or cfg.model_path),
         "task 'dataset' has no synthetic solutions to pretrain on: set pretrain.steps = 0 and "

@@ -275,6 +275,7 @@ def measure(run: Run, run_dir: Path) -> dict[str, Any]:
     compute. Forced-think accuracy comes from summary.json when the run's evaluation wrote it
     (pretrain_accuracy_think), else it is measured here on the run's evaluation problems."""
     from rlvr.checkpoint import load_checkpoint
+    from rlvr.device import place_model
     from rlvr.report import read_metrics
     from rlvr.sampling.rollout import prompt_text
     from rlvr.train import make_task, seed_everything, system_prompt
@@ -300,6 +301,7 @@ def measure(run: Run, run_dir: Path) -> dict[str, Any]:
             if not folder.is_dir():
                 continue
             model, tokenizer = load_checkpoint(folder)[:2]
+            place_model(model, cfg.device)
             if row[f"think_{when}"] is None:
                 row[f"think_{when}"] = think_accuracy(model, tokenizer, scorer, problems,
                                                       cfg.eval.max_new_tokens, cfg.eval.batch_size)  # fmt: skip
@@ -308,8 +310,8 @@ def measure(run: Run, run_dir: Path) -> dict[str, Any]:
     pretrain_tokens = pretrain_rows[-1]["tokens"] if pretrain_rows else 0
     prompt_tokens = 0.0
     if tokenizer is not None:
-        prompt_tokens = sum(len(tokenizer.encode(prompt_text(tokenizer, p, None)))
-                            for p in problems) / len(problems)  # fmt: skip
+        prompts = [prompt_text(tokenizer, p, None, system_prompt(cfg)) for p in problems]
+        prompt_tokens = sum(len(tokenizer.encode(text)) for text in prompts) / len(prompts)
     grpo_rows = [r for r in records if r["phase"] == "grpo"]
     row["pretrain_tokens"] = pretrain_tokens
     row.update(count_flops(row["parameters"], pretrain_tokens, grpo_rows, prompt_tokens, cfg))

@@ -35,14 +35,18 @@ Example = tuple[list[int], list[int]]
 targets (len(ids) - 1 entries, 1 on completion tokens)."""
 
 
+def decay_start(p: PretrainConfig) -> int:
+    """The last step before a "wsd" schedule starts to decay its learning rate."""
+    return p.steps - max(1, round(p.decay_fraction * p.steps))
+
+
 def learning_rate(p: PretrainConfig, step: int) -> float:
     """The learning rate of optimizer step `step` (1-based) under `p.schedule`."""
     warm = min(1.0, step / max(1, p.warmup_steps))
     if p.schedule == "wsd":
         # Warmup-stable-decay (Hu et al. 2024, MiniCPM; Hägele et al. 2024): the peak rate
         # until the last decay_fraction of the steps, then a straight line down to lr / 10.
-        num_decay = max(1, round(p.decay_fraction * p.steps))
-        into = (step - (p.steps - num_decay)) / num_decay
+        into = (step - decay_start(p)) / (p.steps - decay_start(p))
         return p.lr * warm * (1.0 - 0.9 * min(1.0, max(0.0, into)))
     decay = 0.5 * (1 + math.cos(math.pi * min(1.0, step / p.steps)))
     return p.lr * warm * (0.1 + 0.9 * decay)
@@ -53,13 +57,17 @@ def solution_examples(
 ) -> list[tuple[bool, Example]]:
     """One step's synthetic solutions, each with whether it thinks step by step.
 
-    Some examples answer at once, some think step by step, and some of those traces slip.
+    Some examples answer at once, some think step by step (`pretrain.think_fraction`, or
+    `pretrain.decay_think_fraction` once a "wsd" schedule decays), and some traces slip.
     """
     p = cfg.pretrain
+    think_fraction = p.think_fraction
+    if p.decay_think_fraction >= 0 and step > decay_start(p):
+        think_fraction = p.decay_think_fraction
     problems = task.problems("train", p.batch_size, seed=cfg.seed * 1_000_003 + step)
     examples = []
     for problem in problems:
-        think = rng.random() < p.think_fraction
+        think = rng.random() < think_fraction
         slip = think and rng.random() < p.slip_fraction
         prompt = tokenizer.encode(tokenizer.format_prompt(problem.prompt))
         completion = tokenizer.encode(task.completion(problem, rng, think=think, slip=slip))
