@@ -456,6 +456,7 @@ def fits_and_plots(rows: list[dict], grid_keys: list[str], out: Path) -> list[Fi
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
 
     model_keys = [k for k in grid_keys if k.split(".")[0] == "model"]
     other_keys = [k for k in grid_keys if k not in model_keys]
@@ -488,6 +489,9 @@ def fits_and_plots(rows: list[dict], grid_keys: list[str], out: Path) -> list[Fi
                     xs, ys = [r[x_key] for r in valid], [r[metric + when] for r in valid]
                     fits += _fit(metric + when, x_key, "all runs", xs, ys, ax)
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # labelled minor ticks overlap
+            if metric != "rl_gain":
+                ax.set_ylim(-0.02, 1.02)
             ax.set_title(title, fontsize=9)
             ax.set_xlabel(x_label, fontsize=8)
             ax.tick_params(labelsize=7)
