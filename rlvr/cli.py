@@ -10,6 +10,7 @@
     rlvr report RUN_DIR [RUN_DIR ...] [--out FILE] one HTML page for a run, or runs compared
     rlvr verify INPUT.jsonl [--verifier math|choice|code|puzzle:NAME] [--output OUT.jsonl]
                                                    grade a file of model outputs offline
+    rlvr sweep SWEEP.toml [--out DIR]              a grid of runs, resumable; table and plots
     rlvr train --help                              every config key with its meaning
 
 Overrides are dotted config keys: `--grpo.beta 0.02`, `--pretrain.steps=500`. A mistake in
@@ -107,6 +108,13 @@ def _parser(resume: bool = False) -> argparse.ArgumentParser:
     verify.add_argument("--partial", action="store_true",
                         help="reward partial credit (fraction of tests passed, puzzle scores)")  # fmt: skip
     verify.add_argument("--timeout", type=float, default=10.0, help="seconds per item")
+
+    sweep = sub.add_parser("sweep", help="a grid of runs over config keys (resumable), with a "
+                           "table and scaling plots; see rlvr/sweep.py")  # fmt: skip
+    sweep.add_argument("sweep_file", help="a sweep TOML file, e.g. recipes/sweep.toml")
+    sweep.add_argument(
+        "--out", help="the sweep's folder (default: the file's `out`, else runs/<name>)"
+    )
     return parser
 
 
@@ -152,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_verify(args.input, args.verifier, args.output, args.workers,
                               args.partial, args.timeout)  # fmt: skip
+        if args.command == "sweep":
+            return _sweep(Path(args.sweep_file), args.out, overrides)
     except ConfigError as e:
         if args.debug:
             raise
@@ -221,6 +231,22 @@ def _train(
 
     print(write_report([run_dir], plots=cfg.plots))  # the report, then the run folder last
     print(run_dir)
+    return 0
+
+
+def _sweep(sweep_file: Path, out: str | None, overrides: list[str]) -> int:
+    if overrides:
+        raise ConfigError(
+            f"Unexpected arguments {' '.join(overrides)}; rlvr sweep takes config keys in the "
+            "sweep file's [set] table."
+        )
+    from rlvr.sweep import sweep
+
+    try:
+        sweep(sweep_file, out)
+    except StopRequested as e:
+        print(f"rlvr: sweep stopped at {e.args[0]} with a checkpoint; continue with "
+              f"`rlvr sweep {sweep_file}{f' --out {out}' if out else ''}`.", file=sys.stderr)  # fmt: skip
     return 0
 
 

@@ -36,7 +36,15 @@ else:  # pragma: no cover
 from rlvr.errors import ConfigError
 from rlvr.model import ModelConfig
 
-__all__ = ["Config", "ConfigError", "load_config", "apply_overrides", "to_toml", "validate"]
+__all__ = [
+    "Config",
+    "ConfigError",
+    "load_config",
+    "apply_overrides",
+    "apply_table",
+    "to_toml",
+    "validate",
+]
 
 
 @dataclass
@@ -55,9 +63,15 @@ class PretrainConfig:
     batch_size: int = 64
     """Examples per optimizer step."""
     lr: float = 3e-3
-    """Peak AdamW learning rate (linear warmup, cosine decay to lr/10)."""
+    """Peak AdamW learning rate (linear warmup, then pretrain.schedule)."""
     warmup_steps: int = 100
     """Steps of linear learning-rate warmup."""
+    schedule: str = "cosine"
+    """Learning rate after warmup: "cosine" (cosine decay to lr/10 over all steps) or "wsd"
+    (warmup-stable-decay: lr until the last decay_fraction of the steps, then linear to
+    lr/10)."""
+    decay_fraction: float = 0.2
+    """With schedule = "wsd": the fraction of the steps spent decaying the learning rate."""
     weight_decay: float = 0.01
     """AdamW weight decay on matrices (not on norms)."""
     grad_clip: float = 1.0
@@ -66,6 +80,14 @@ class PretrainConfig:
     """Fraction of examples that show the step-by-step trace; the rest answer directly."""
     slip_fraction: float = 0.25
     """Fraction of traces with one arithmetic mistake, so the model learns imperfect thinking."""
+    decay_think_fraction: float = -1.0
+    """With schedule = "wsd": the think_fraction of the decay steps (the data mix changes when
+    the learning rate decays, as in MiniCPM), so that most steps can show traces while the
+    last ones set how often the model chooses to think; -1 keeps think_fraction throughout."""
+    pack_length: int = 0
+    """Pack whole examples into rows of this many tokens (one forward pass per step, less
+    padding; an example attends to those before it in its row); 0 pads answer-only examples
+    and traces as two batches of their own."""
 
 
 @dataclass
@@ -491,6 +513,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return apply_overrides(cfg, overrides or [])
 
 
+def apply_table(cfg: Config, data: dict, where: str) -> Config:
+    """Apply a table of config keys, nested as in a TOML file ({"grpo": {"beta": 0.02}}), to
+    `cfg` in place, then validate it; `where` names the source in error messages."""
+    _apply(cfg, data, "", where)
+    validate(cfg)
+    return cfg
+
+
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     """Apply `--a.b value` command-line overrides to `cfg` in place, then validate it."""
     for key, raw in parse_overrides(overrides):
@@ -720,11 +750,34 @@ def validate(cfg: Config) -> None:
     )
     need(g.is_cap >= 1, f"grpo.is_cap must be at least 1, got {g.is_cap}.")
     need(g.entropy_coef >= 0, f"grpo.entropy_coef must be 0 or more, got {g.entropy_coef}.")
+    need(
+        p.schedule in ("cosine", "wsd"),
+        f"pretrain.schedule {p.schedule!r} is not one of cosine, wsd.",
+    )
+    need(
+        0 < p.decay_fraction <= 1,
+        f"pretrain.decay_fraction must be in (0, 1], got {p.decay_fraction}.",
+    )
+    need(
+        0 <= p.pack_length <= m.max_position_embeddings,
+        f"pretrain.pack_length must be 0 (off) or at most model.max_position_embeddings "
+        f"({m.max_position_embeddings}), got {p.pack_length}.",
+    )
     for key, value in [
         ("pretrain.think_fraction", p.think_fraction),
         ("pretrain.slip_fraction", p.slip_fraction),
     ]:
         need(0 <= value <= 1, f"{key} must be a fraction in [0, 1], got {value}.")
+    need(
+        p.decay_think_fraction == -1 or 0 <= p.decay_think_fraction <= 1,
+        f"pretrain.decay_think_fraction must be a fraction in [0, 1] or -1 (off), got "
+        f"{p.decay_think_fraction}.",
+    )
+    need(
+        p.decay_think_fraction == -1 or p.schedule == "wsd",
+        'pretrain.decay_think_fraction needs pretrain.schedule = "wsd" (it is the mix of the '
+        "decay steps); set the schedule or decay_think_fraction = -1.",
+    )
     need(
         cfg.task.name != "dataset" or p.steps == 0 or bool(cfg.init_from or cfg.model_path),
         "task 'dataset' has no synthetic solutions to pretrain on: set pretrain.steps = 0 and "
