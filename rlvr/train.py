@@ -236,6 +236,20 @@ def make_sampler(policy, tokenizer, task, scorer: Scorer, cfg: Config, first_ste
     return SamplerProcess(policy, tokenizer, task, cfg, scorer.system_prompt, first_step, resume)
 
 
+def make_learner(policy, cfg: Config, pad_id: int, reward_weights: dict[str, float]):
+    """The learner role for this GRPO phase: in this process (GRPOLearner), split over
+    learner.processes processes (DistributedLearner), or in a Ray actor (runtime = "ray")."""
+    if cfg.runtime == "ray":
+        from rlvr.cluster import RayLearner
+
+        return RayLearner(policy, cfg, pad_id, reward_weights)
+    if cfg.learner.processes > 1:
+        from rlvr.learning.distributed import DistributedLearner
+
+        return DistributedLearner(policy, cfg, pad_id, reward_weights)
+    return GRPOLearner(policy, cfg, pad_id, reward_weights)
+
+
 def grpo(
     policy: Transformer,
     tokenizer: CharTokenizer,
@@ -256,7 +270,7 @@ def grpo(
     """
     g = cfg.grpo
     device = next(policy.parameters()).device
-    learner = GRPOLearner(policy, cfg, tokenizer.pad_id, scorer.weights)
+    learner = make_learner(policy, cfg, tokenizer.pad_id, scorer.weights)
     first = 1
     if resume is not None:
         if "torch_rng" in resume:  # LoRA dropout draws from it
@@ -270,7 +284,11 @@ def grpo(
     sampler = make_sampler(policy, tokenizer, task, scorer, cfg, first, resume)
     step_seconds, last_sampled, last_learned = [], None, None
 
-    with progress_bar("grpo", g.steps, done=first - 1) as advance, closing(sampler):
+    with (
+        progress_bar("grpo", g.steps, done=first - 1) as advance,
+        closing(learner),
+        closing(sampler),
+    ):
         for step in range(first, g.steps + 1):
             t0 = time.monotonic()
             # Sample k completions per problem (each verified as soon as it finishes), with
