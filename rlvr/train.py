@@ -48,10 +48,12 @@ from pathlib import Path
 import torch
 
 from rlvr.checkpoint import Checkpointer, latest_checkpoint, load_checkpoint, load_trainer_state
+from rlvr.cluster import check_model, check_ray, ray_session
 from rlvr.config import Config, ConfigError, to_toml
 from rlvr.device import autocast, place_model, resolve_device
 from rlvr.errors import StopRequested
 from rlvr.evaluation import evaluate
+from rlvr.learning.distributed import DistributedLearner, check_data_parallel
 from rlvr.learning.learner import GRPOLearner, StepResult
 from rlvr.learning.pretrain import pretrain
 from rlvr.learning.updates import too_many_bad_steps
@@ -59,6 +61,8 @@ from rlvr.lora import check_targets
 from rlvr.model import Transformer
 from rlvr.report import RunLogger, console, plot_metrics, progress_bar, write_samples
 from rlvr.sampling.process import SamplerProcess, check_async
+from rlvr.sampling.ray_sampler import SCHEDULE as RAY_SCHEDULE
+from rlvr.sampling.ray_sampler import RaySampler
 from rlvr.sampling.sampler import Rollouts, Sampler
 from rlvr.tasks import TASKS, Problem
 from rlvr.timeline import plot_timeline, record_step
@@ -225,9 +229,17 @@ def step_metrics(rollouts: Rollouts, result: StepResult, times: dict[str, float]
 
 
 def make_sampler(policy, tokenizer, task, scorer: Scorer, cfg: Config, first_step: int,
-                 resume: dict | None) -> Sampler | SamplerProcess:  # fmt: skip
-    """The sampler role for this GRPO phase: in this process on the learner's own model
-    (grpo.max_staleness = 0), or in a process of its own, max_staleness versions behind."""
+                 resume: dict | None) -> Sampler | SamplerProcess | RaySampler:  # fmt: skip
+    """The sampler role for this GRPO phase: on Ray actors (runtime = "ray"), in this process
+    on the learner's own model (grpo.max_staleness = 0), or in a process of its own,
+    max_staleness versions behind."""
+    if cfg.runtime == "ray":
+        return RaySampler(policy, tokenizer, task, cfg, scorer.system_prompt, first_step, resume)
+    if resume is not None and resume.get("sampler_schedule") == RAY_SCHEDULE:
+        raise ConfigError(
+            'This run was sampled on Ray (runtime = "ray"), with its own random streams per '
+            "step; resume it with --runtime ray."
+        )
     if cfg.grpo.max_staleness == 0:
         sampler = Sampler(policy, tokenizer, scorer, task, cfg)
         if resume is not None:
@@ -240,12 +252,10 @@ def make_learner(policy, cfg: Config, pad_id: int, reward_weights: dict[str, flo
     """The learner role for this GRPO phase: in this process (GRPOLearner), split over
     learner.processes processes (DistributedLearner), or in a Ray actor (runtime = "ray")."""
     if cfg.runtime == "ray":
-        from rlvr.cluster import RayLearner
+        from rlvr.learning.ray_learner import RayLearner
 
         return RayLearner(policy, cfg, pad_id, reward_weights)
     if cfg.learner.processes > 1:
-        from rlvr.learning.distributed import DistributedLearner
-
         return DistributedLearner(policy, cfg, pad_id, reward_weights)
     return GRPOLearner(policy, cfg, pad_id, reward_weights)
 
@@ -304,9 +314,11 @@ def grpo(
                      "learner_wait": t_learn - (last_learned or t0),
                      "sampler_wait": rollouts.start - (last_sampled or rollouts.start)}  # fmt: skip
             metrics = step_metrics(rollouts, result, times, g)
-            if isinstance(sampler, SamplerProcess):
+            if isinstance(sampler, (SamplerProcess, RaySampler)):
                 metrics["sampler_restarts"] = sampler.restarts
                 metrics["lost_sampling_seconds"] = sampler.lost_seconds
+            if isinstance(sampler, RaySampler):
+                metrics["lost_verifications"] = sampler.lost_verifications
             logger.log("grpo", step, metrics)
             verify_start = rollouts.end - rollouts.timings.get("verify_seconds", 0.0)
             record_step(logger.run_dir, step, {"sampler": (rollouts.start, rollouts.end),
@@ -354,6 +366,7 @@ def run(cfg: Config, resume: bool = False) -> tuple[Path, dict]:
     t_start = time.perf_counter()
     seed_everything(cfg.seed, cfg.threads)
     resolve_device(cfg.device)  # a GPU that is not there stops the run before its folder exists
+    check_ray(cfg)  # so does a Ray address that does not answer
     loaded = None  # --model / init_from: loaded and checked before the run folder exists
     if cfg.init_from and not resume:
         loaded = load_checkpoint(cfg.init_from)[:2]
@@ -387,6 +400,7 @@ def run(cfg: Config, resume: bool = False) -> tuple[Path, dict]:
         RunLogger.for_config(run_dir, cfg, keep=_kept_records(state)) as logger,
         open_pool(cfg.reward, preload=(type(task).__module__,)) as pool,
         stop_on_signals() as should_stop,
+        ray_session(cfg),
     ):
         scorer = Scorer(task, cfg.reward, cfg.grpo.max_new_tokens, pool,
                         system_prompt=system_prompt(cfg))  # fmt: skip
@@ -413,8 +427,12 @@ def run(cfg: Config, resume: bool = False) -> tuple[Path, dict]:
                 'prompt format has none; set system_prompt = "" or train a Hugging Face model.'
             )
         device = place_model(policy, cfg.device)
-        if cfg.grpo.max_staleness > 0 and cfg.grpo.steps > 0:
-            check_async(policy)  # before any evaluation or training
+        if cfg.grpo.steps > 0 and cfg.runtime == "ray":
+            check_model(policy)  # before any evaluation or training
+        elif cfg.grpo.max_staleness > 0 and cfg.grpo.steps > 0:
+            check_async(policy)
+        if cfg.learner.processes > 1 and cfg.grpo.steps > 0:
+            check_data_parallel(policy)
         if device.type == "cuda":
             console.print(f"device: {device} ({torch.cuda.get_device_name(device)})")
         checkpointer = Checkpointer(run_dir, cfg, tokenizer)
