@@ -243,6 +243,10 @@ class LearnerConfig:
     """Data-parallel learner: split each optimizer minibatch's groups over this many processes
     (torch.distributed: gloo on the CPU, NCCL on GPUs), gradients summed across them, so one
     update equals the single-process update; each process uses learner.threads threads."""
+    fsdp: bool = False
+    """With learner.processes > 1: shard the parameters, gradients and optimizer state over
+    the processes (torch FSDP's fully_shard, per block), for a model whose training state does
+    not fit one device; the update is the same. Its checkpoints resume with fsdp only."""
 
 
 @dataclass
@@ -803,6 +807,17 @@ def validate_placement(cfg: Config) -> None:
         f"grpo.num_minibatches = {g.num_minibatches} minibatches holds {groups} groups "
         f"(grpo.num_prompts / grpo.num_minibatches) and each process needs one; set "
         f"learner.processes to at most {groups}.",
+    )
+    need(
+        not cfg.learner.fsdp or processes > 1,
+        "learner.fsdp shards the learner over learner.processes; set learner.processes to 2 "
+        "or more (or learner.fsdp = false).",
+    )
+    need(
+        not (cfg.learner.fsdp and g.dynamic_sampling),
+        "learner.fsdp with grpo.dynamic_sampling is not supported yet (a step may keep fewer "
+        "groups than processes, and every FSDP process must take part in each pass); turn one "
+        "of them off.",
     )
     need(
         processes == 1 or cfg.lora.rank == 0,

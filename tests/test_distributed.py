@@ -2,7 +2,7 @@
 
 - one update over 2 processes equals the single-process update on the same batch (weights
   within 1e-6, the logged statistics too), for the token-mean and the per-sequence losses,
-  with the reference and the importance correction computed row-split;
+  with the reference and the importance correction computed row-split, and with FSDP;
 - its state after a step resumes exactly: steps 2-3 from that state equal an unbroken run;
 - a whole `rlvr train` with learner.processes = 2 runs through the same loop;
 - a learner.processes the batch cannot feed is a config error before any work.
@@ -28,14 +28,14 @@ PAD = 0
 WEIGHTS = {"accuracy": 1.0, "format": 0.1}
 
 
-def tiny_config(**grpo) -> Config:
+def tiny_config(fsdp: bool = False, **grpo) -> Config:
     cfg = Config()
     cfg.model = ModelConfig(vocab_size=32, hidden_size=32, intermediate_size=64,
                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                             max_position_embeddings=64)  # fmt: skip
     cfg.grpo.num_prompts, cfg.grpo.group_size, cfg.grpo.max_new_tokens = 4, 4, 12
     cfg.grpo.lr = 1e-3  # large enough that a wrong split would show far above 1e-6
-    cfg.learner.processes, cfg.learner.threads = 2, 1
+    cfg.learner.processes, cfg.learner.threads, cfg.learner.fsdp = 2, 1, fsdp
     for key, value in grpo.items():
         setattr(cfg.grpo, key, value)
     return cfg
@@ -76,8 +76,9 @@ def assert_close_models(a: torch.nn.Module, b: torch.nn.Module, tol: float) -> N
     [
         {"loss_type": "dapo", "num_minibatches": 2, "beta": 0.04},
         {"loss_type": "grpo", "is_level": "token", "num_iterations": 1, "num_prompts": 5},
+        {"fsdp": True, "loss_type": "dapo", "num_minibatches": 2, "beta": 0.04},
     ],
-    ids=["dapo-minibatches-reference", "grpo-importance-uneven"],
+    ids=["dapo-minibatches-reference", "grpo-importance-uneven", "fsdp"],
 )
 def test_two_processes_make_the_single_process_update(grpo):
     cfg = tiny_config(**grpo)
@@ -92,6 +93,8 @@ def test_two_processes_make_the_single_process_update(grpo):
     learner = DistributedLearner(split, cfg, PAD, WEIGHTS)
     try:
         got = learner.train_step(batch, step=1)
+        sharded = type(next(learner.learner.policy.parameters())).__name__ == "DTensor"
+        assert sharded == cfg.learner.fsdp
     finally:
         learner.close()
 
@@ -105,8 +108,9 @@ def test_two_processes_make_the_single_process_update(grpo):
     assert set(mean_stats(got)) == set(want)
 
 
-def test_data_parallel_state_resumes_exactly():
-    cfg = tiny_config(num_minibatches=2)
+@pytest.mark.parametrize("fsdp", [False, True], ids=["replicated", "fsdp"])
+def test_data_parallel_state_resumes_exactly(fsdp):
+    cfg = tiny_config(fsdp=fsdp, num_minibatches=2)
     torch.manual_seed(0)
     start = Transformer(cfg.model)
     batches = [episodes(cfg, seed=s) for s in (1, 2, 3)]
@@ -156,13 +160,22 @@ def test_too_many_learner_processes_is_a_config_error(tmp_path, capsys):
     assert "Traceback" not in err and not out.exists()
 
 
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    from test_async import train
+
+    out = tmp_path_factory.mktemp("dp") / "one"
+    assert train(out) == 0
+    return out
+
+
 @pytest.mark.slow
-def test_a_run_with_two_learner_processes(tmp_path):
+@pytest.mark.parametrize("shard", ["false", "true"], ids=["replicated", "fsdp"])
+def test_a_run_with_two_learner_processes(one_process, tmp_path, shard):
     from test_async import numbers, train
 
-    assert train(tmp_path / "one") == 0
-    assert train(tmp_path / "two", "--learner.processes", "2") == 0
-    one, two = numbers(tmp_path / "one"), numbers(tmp_path / "two")
+    assert train(tmp_path / "two", "--learner.processes", "2", "--learner.fsdp", shard) == 0
+    one, two = numbers(one_process), numbers(tmp_path / "two")
     grpo_one = [r for r in one if r["phase"] == "grpo"]
     grpo_two = [r for r in two if r["phase"] == "grpo"]
     assert [r["step"] for r in grpo_two] == [r["step"] for r in grpo_one]

@@ -22,12 +22,18 @@ generator). Then:
 Statistics (loss, kl, clip fraction, ...) are reduced to the minibatch's values, as one process
 would log them. Checkpoints hold rank 0's state; a resume broadcasts it to the other ranks.
 
-Why not FSDP (`torch.distributed.fsdp.fully_shard`) here: see docs/notes/issue-12-ray.md.
+With `learner.fsdp = true` the parameters, gradients and optimizer state are sharded instead of
+replicated (torch FSDP's `fully_shard`: each block, then the root), for models whose training
+state does not fit one device. Every rank trains a sharded copy (rank 0 too); after each step
+the shards are gathered into rank 0's plain policy, the loop's. FSDP averages the gradients it
+reduce-scatters, so each rank backpropagates world x its share. Checkpoints hold the gathered
+optimizer state, keyed by parameter name (`torch.distributed.checkpoint.state_dict`), so they
+resume FSDP runs only.
 """
 
 from __future__ import annotations
 
-import math
+import copy
 import shutil
 import signal
 import tempfile
@@ -50,8 +56,75 @@ class DataParallel:
     """One process's view of a data-parallel learner: its rank, the world size, and the
     collectives GRPOLearner needs (all on the default process group)."""
 
-    def __init__(self, rank: int, world: int, device: torch.device) -> None:
+    def __init__(self, rank: int, world: int, device: torch.device, fsdp: bool = False) -> None:
         self.rank, self.world, self.device = rank, world, device
+        self.fsdp = fsdp
+        """Parameters, gradients and optimizer state sharded (FSDP) rather than replicated."""
+
+    def wrap(self, policy: torch.nn.Module, reference: torch.nn.Module | None) -> None:
+        """With fsdp, shard the policy and the reference in place: each block, then the rest
+        (embeddings, final norm, the head) at the root."""
+        if not self.fsdp:
+            return
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh(self.device.type, (self.world,))
+        for model in (policy, reference):
+            if model is not None:
+                for block in model.model.layers:
+                    fully_shard(block, mesh=mesh)
+                fully_shard(model, mesh=mesh)
+
+    def backward(self, loss: torch.Tensor, model: torch.nn.Module) -> None:
+        """Backpropagate this rank's share of the loss and sum the gradients over the ranks.
+        FSDP reduce-scatters their mean, so its ranks backpropagate world x their share."""
+        if self.fsdp:
+            (loss * self.world).backward()
+        else:
+            loss.backward()
+            self.sum_gradients(model)
+
+    def full(self, value: torch.Tensor) -> torch.Tensor:
+        """A plain tensor from a possibly sharded one (FSDP's grad norm is a DTensor)."""
+        return value.full_tensor() if hasattr(value, "full_tensor") else value
+
+    @torch.no_grad()
+    def gather_weights(self, model: torch.nn.Module, into: torch.nn.Module | None) -> None:
+        """With fsdp, the whole parameters from the shards (a collective every rank joins);
+        rank 0 copies them into `into`, the loop's unsharded policy."""
+        target = dict(into.named_parameters()) if into is not None else {}
+        for name, p in model.named_parameters():
+            full = p.full_tensor()
+            if name in target:
+                target[name].copy_(full)
+
+    def full_state(self, policy, optimizer, reference) -> tuple[dict, dict | None]:
+        """With fsdp, the optimizer's and the reference's whole state (keyed by parameter
+        name), gathered on every rank (a collective)."""
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        state = get_optimizer_state_dict(policy, optimizer, options=options)
+        ref = get_model_state_dict(reference, options=options) if reference is not None else None
+        return state, ref
+
+    def load_full_state(self, policy, optimizer, reference, state: dict) -> None:
+        """With fsdp, each rank takes its shards of a `full_state` (every rank has it)."""
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        options = StateDictOptions(full_state_dict=True)
+        set_optimizer_state_dict(policy, optimizer, state["optimizer"], options=options)
+        if reference is not None:
+            set_model_state_dict(reference, state["reference"], options=options)
 
     def shard(self, group_ids: torch.Tensor) -> torch.Tensor:
         """This rank's groups of a minibatch (contiguous, sizes differ by at most one)."""
@@ -119,17 +192,18 @@ class DataParallel:
                 for key in stats}  # fmt: skip
 
     def gather_rows(self, fn, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """fn(rows) -> (rows, T-1) over the whole batch: each rank computes a contiguous slice
-        of ceil(N / world) rows, the slices are gathered (zero-padded to one size)."""
+        """fn(rows) -> (rows, T-1) over the whole batch: each rank computes one of `world`
+        contiguous slices (sizes differ by at most one, none empty: the batch has at least
+        `world` groups), the slices are gathered (zero-padded to one size for the collective)."""
         n, width = batch["input_ids"].shape
-        size = math.ceil(n / self.world)
-        start, end = min(n, self.rank * size), min(n, (self.rank + 1) * size)
+        slices = torch.arange(n).tensor_split(self.world)
+        size = len(slices[0])
+        mine = slices[self.rank].to(self.device)
         part = torch.zeros((size, width - 1), device=self.device)
-        if end > start:
-            part[: end - start] = fn({k: v[start:end] for k, v in batch.items()}).float()
+        part[: len(mine)] = fn({k: v[mine] for k, v in batch.items()}).float()
         pieces = [torch.empty_like(part) for _ in range(self.world)]
         dist.all_gather(pieces, part)
-        return torch.cat(pieces)[:n]
+        return torch.cat([piece[: len(rows)] for piece, rows in zip(pieces, slices)])
 
 
 def check_data_parallel(policy: torch.nn.Module) -> None:
@@ -170,14 +244,18 @@ def _rank_main(rank: int, world: int, backend: str, init: str, spec: dict) -> No
     try:
         policy = Transformer(spec["model_config"]).to(device)
         _broadcast_weights(policy)
-        learner = GRPOLearner(policy, cfg, spec["pad_id"], spec["reward_weights"],
-                              dp=DataParallel(rank, world, device))  # fmt: skip
+        dp = DataParallel(rank, world, device, fsdp=cfg.learner.fsdp)
+        learner = GRPOLearner(policy, cfg, spec["pad_id"], spec["reward_weights"], dp=dp)
         while True:
             command = [None]
             dist.broadcast_object_list(command, src=0, device=device)
             kind, *args = command[0]
             if kind == "step":
                 learner.train_step(*args)
+                if dp.fsdp:
+                    dp.gather_weights(policy, into=None)
+            elif kind == "state":  # with fsdp: the gathering is a collective
+                learner.state_dict()
             elif kind == "load":
                 learner.load_state_dict(args[0])
             else:  # "stop"
@@ -222,8 +300,12 @@ class DistributedLearner:
         self._open = True
         with self._collective():
             _broadcast_weights(policy)
-        self.learner = GRPOLearner(policy, cfg, pad_id, reward_weights,
-                                   dp=DataParallel(0, self.world, self.device))  # fmt: skip
+        self.policy = policy  # the loop's: whole weights, for evaluations and checkpoints
+        self.dp = DataParallel(0, self.world, self.device, fsdp=cfg.learner.fsdp)
+        # With fsdp, rank 0 trains a sharded copy and gathers it into the loop's policy.
+        train = copy.deepcopy(policy) if self.dp.fsdp else policy
+        with self._collective():
+            self.learner = GRPOLearner(train, cfg, pad_id, reward_weights, dp=self.dp)
 
     @contextmanager
     def _collective(self) -> Iterator[None]:
@@ -251,7 +333,10 @@ class DistributedLearner:
         try:
             with self._collective():
                 self._broadcast(("step", episodes, step))
-                return self.learner.train_step(episodes, step)
+                result = self.learner.train_step(episodes, step)
+                if self.dp.fsdp:
+                    self.dp.gather_weights(self.learner.policy, into=self.policy)
+                return result
         finally:
             torch.set_num_threads(threads)
 
@@ -260,8 +345,12 @@ class DistributedLearner:
         return self.learner.bad_in_row
 
     def state_dict(self) -> dict:
-        """Rank 0's state: every rank holds the same weights, optimizer state and shuffle."""
-        return self.learner.state_dict()
+        """Rank 0's state: every rank holds the same weights, optimizer state and shuffle
+        (with fsdp, every rank's shards gathered)."""
+        with self._collective():
+            if self.dp.fsdp:
+                self._broadcast(("state",))
+            return self.learner.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
         with self._collective():

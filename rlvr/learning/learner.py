@@ -124,6 +124,8 @@ class GRPOLearner:
         self.reference = None
         if g.beta > 0 and not self.lora:
             self.reference = copy.deepcopy(policy).eval().requires_grad_(False)
+        if dp is not None:  # with learner.fsdp, shard both before the optimizer sees them
+            dp.wrap(policy, self.reference)
         self.optimizer = make_optimizer(policy, g.lr, g.weight_decay)
         self.shuffle = torch.Generator().manual_seed(cfg.seed + 3)
         self.bad_in_row = 0
@@ -244,19 +246,27 @@ class GRPOLearner:
 
     def state_dict(self) -> dict:
         """What a checkpoint needs to continue the same updates (the weights are saved apart)."""
+        if self.dp is not None and self.dp.fsdp:  # the shards gathered (every rank joins)
+            optimizer, reference = self.dp.full_state(self.policy, self.optimizer, self.reference)
+        else:
+            optimizer = self.optimizer.state_dict()
+            reference = self.reference.state_dict() if self.reference is not None else None
         return {
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer,
             "shuffle": self.shuffle.get_state(),
             "bad_in_row": self.bad_in_row,
-            "reference": self.reference.state_dict() if self.reference is not None else None,
+            "reference": reference,
             "lora": adapter_state(self.policy) if self.lora else None,
         }
 
     def load_state_dict(self, state: dict) -> None:
         if self.lora:
             load_adapter_state(self.policy, state.get("lora"))
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.dp is not None and self.dp.fsdp:  # each rank keeps its shards
+            self.dp.load_full_state(self.policy, self.optimizer, self.reference, state)
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.reference is not None:
+                self.reference.load_state_dict(state["reference"])
         self.shuffle.set_state(state["shuffle"])
-        if self.reference is not None:
-            self.reference.load_state_dict(state["reference"])
         self.bad_in_row = state["bad_in_row"]

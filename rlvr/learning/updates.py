@@ -44,10 +44,13 @@ def finite_update(
     optimizer.zero_grad(set_to_none=True)
     if not torch.isfinite(loss if dp is None else dp.sum(loss.detach())):
         return None
-    loss.backward()
-    if dp is not None:
-        dp.sum_gradients(model)
+    if dp is None:
+        loss.backward()
+    else:
+        dp.backward(loss, model)  # gradients summed over the processes
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or float("inf"))
+    if dp is not None:
+        grad_norm = dp.full(grad_norm)
     if not torch.isfinite(grad_norm):
         optimizer.zero_grad(set_to_none=True)
         return None
