@@ -129,8 +129,8 @@ def test_learner_failure_stops_with_the_resume_line_and_resumes_exactly(
     assert_same(out, one_sampler)
 
 
-def test_a_local_run_does_not_resume_on_ray_and_back(one_sampler, tmp_path, capsys):
-    # (a resume of one_sampler's final checkpoint state under runtime local)
+def test_a_ray_run_resumes_on_ray_only(one_sampler, tmp_path, capsys):
+    # one_sampler's last checkpoint, resumed for 2 more steps under runtime = "local"
     import shutil
 
     copy = tmp_path / "copy"
