@@ -84,10 +84,12 @@ def ray_session(cfg: Config) -> Iterator[None]:
         if cfg.ray.address:
             try:
                 ray.init(address=cfg.ray.address, **options)
-            except (ConnectionError, RuntimeError) as e:
+            except (ConnectionError, RuntimeError, ValueError) as e:
                 raise ConfigError(
-                    f"ray.address {cfg.ray.address!r}: could not join the cluster ({e}); "
-                    "check `ray status` there, or leave ray.address empty for a local Ray."
+                    f"ray.address {cfg.ray.address!r}: could not join the cluster ({e}); check "
+                    "`ray status` there (a cluster with token authentication, Ray's default, "
+                    "also needs RAY_AUTH_MODE=token here and its token in ~/.ray/auth_token), "
+                    "or leave ray.address empty for a local Ray."
                 ) from e
         else:  # a local Ray: room for every actor, even past this machine's cores
             cpus = max(float(os.cpu_count() or 1), need["CPU"])

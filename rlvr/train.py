@@ -363,10 +363,16 @@ def run(cfg: Config, resume: bool = False) -> tuple[Path, dict]:
     resume: continue the run in cfg.run_dir from its latest resumable checkpoint (exactly:
     the same weights and metrics as a run that was never stopped, for the same thread count).
     """
+    check_ray(cfg)  # a Ray address that does not answer stops the run before its folder exists
+    with ray_session(cfg):  # runtime = "ray": the cluster joined (or a local Ray started) first
+        return run_job(cfg, resume)
+
+
+def run_job(cfg: Config, resume: bool) -> tuple[Path, dict]:
+    """The whole job of `run`, with Ray (if any) already up."""
     t_start = time.perf_counter()
     seed_everything(cfg.seed, cfg.threads)
     resolve_device(cfg.device)  # a GPU that is not there stops the run before its folder exists
-    check_ray(cfg)  # so does a Ray address that does not answer
     loaded = None  # --model / init_from: loaded and checked before the run folder exists
     if cfg.init_from and not resume:
         loaded = load_checkpoint(cfg.init_from)[:2]
@@ -400,7 +406,6 @@ def run(cfg: Config, resume: bool = False) -> tuple[Path, dict]:
         RunLogger.for_config(run_dir, cfg, keep=_kept_records(state)) as logger,
         open_pool(cfg.reward, preload=(type(task).__module__,)) as pool,
         stop_on_signals() as should_stop,
-        ray_session(cfg),
     ):
         scorer = Scorer(task, cfg.reward, cfg.grpo.max_new_tokens, pool,
                         system_prompt=system_prompt(cfg))  # fmt: skip
