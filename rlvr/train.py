@@ -365,10 +365,10 @@ def run(cfg: Config, resume: bool = False) -> tuple[Path, dict]:
     """
     check_ray(cfg)  # a Ray address that does not answer stops the run before its folder exists
     with ray_session(cfg):  # runtime = "ray": the cluster joined (or a local Ray started) first
-        return run_job(cfg, resume)
+        return run_phases(cfg, resume)
 
 
-def run_job(cfg: Config, resume: bool) -> tuple[Path, dict]:
+def run_phases(cfg: Config, resume: bool) -> tuple[Path, dict]:
     """The whole job of `run`, with Ray (if any) already up."""
     t_start = time.perf_counter()
     seed_everything(cfg.seed, cfg.threads)
