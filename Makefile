@@ -11,7 +11,8 @@ $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	@# ray: the tests run the Ray runtime on a local Ray (tests/test_ray.py).
+	$(BIN)/python -m pip install --quiet -e ".[test,ray]"
 	@# The code sandbox uses bubblewrap; without it, untrusted code runs less isolated.
 	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] \
 		&& (apt-get update -qq && apt-get install -y -qq bubblewrap) \

@@ -363,6 +363,42 @@ class LearnerConfig:
     """torch threads of the training process during an asynchronous GRPO phase
     (grpo.max_staleness > 0): the updates and the evaluations in between; pretraining, the
     final evaluation and the synchronous loop use `threads`."""
+    processes: int = 1
+    """Data-parallel learner: split each optimizer minibatch's groups over this many processes
+    (torch.distributed: gloo on the CPU, NCCL on GPUs), gradients summed across them, so one
+    update equals the single-process update; each process uses learner.threads threads."""
+    fsdp: bool = False
+    """With learner.processes > 1: shard the parameters, gradients and optimizer state over
+    the processes (torch FSDP's fully_shard, per block), for a model whose training state does
+    not fit one device; the update is the same. Its checkpoints resume with fsdp only."""
+
+
+@dataclass
+class RayConfig:
+    address: str = ""
+    """The Ray cluster to join, "HOST:PORT" of `ray start --head` (or "auto" for the one this
+    machine belongs to); empty starts a local Ray for the run and shuts it down after it."""
+    num_samplers: int = 1
+    """Sampler actors. Steps are sampled whole, one per actor at a time; with
+    grpo.max_staleness = k up to k + 1 steps are open at once, so more than k + 1 samplers
+    wait. The run's numbers do not depend on this count."""
+    num_verifiers: int = 0
+    """Verifier actors, each grading with its own reward.workers processes (hard timeouts);
+    the samplers send them every completion. 0: each sampler grades in its own processes."""
+    sampler_cpus: float = 1.0
+    """CPUs Ray reserves for each sampler actor."""
+    sampler_gpus: float = 0.0
+    """GPUs Ray reserves for each sampler actor (fractions share a GPU); with one, the actor's
+    model samples on it."""
+    verifier_cpus: float = 1.0
+    """CPUs Ray reserves for each verifier actor."""
+    learner_cpus: float = 1.0
+    """CPUs Ray reserves for the learner actor."""
+    learner_gpus: float = 0.0
+    """GPUs Ray reserves for the learner actor; with one, the learner trains on it."""
+    max_restarts: int = 3
+    """How many times Ray starts a dead sampler or verifier actor again (the run goes on and
+    counts the lost work) before the run stops."""
 
 
 @dataclass
@@ -432,6 +468,11 @@ class Config:
     with a kind (sft, grpo, dpo, rsft, distill) and overrides of the sft, grpo, dpo, traces,
     iterate, eval and checkpoint tables for that phase, e.g. {kind = "grpo", grpo = {steps =
     30}}. Empty: one GRPO phase (or iterate.rounds rsft rounds)."""
+    runtime: str = "local"
+    """Where the roles run: "local" (this machine: the sampler in the training process, or in a
+    process of its own with grpo.max_staleness > 0) or "ray" (sampler, verifier and learner
+    actors on a Ray cluster; the [ray] table places them; needs `pip install rlvr[ray]`)."""
+    ray: RayConfig = field(default_factory=RayConfig)
 
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: dict | None = None) -> Config:
@@ -654,7 +695,7 @@ def validate(cfg: Config) -> None:
     sections = {"": cfg, "model.": m, "pretrain.": p, "grpo.": g, "reward.": cfg.reward,
                 "eval.": e, "checkpoint.": cfg.checkpoint, "lora.": cfg.lora,
                 "sampler.": cfg.sampler, "learner.": cfg.learner,
-                "logging.": cfg.logging}  # fmt: skip
+                "logging.": cfg.logging, "ray.": cfg.ray}  # fmt: skip
     for prefix, section in sections.items():
         for f in dataclasses.fields(section):
             value = getattr(section, f.name)
@@ -859,7 +900,7 @@ def validate(cfg: Config) -> None:
         ("learner.threads", cfg.learner.threads),
     ]:
         need(value >= 1, f"{key} must be at least 1, got {value}.")
-    if g.max_staleness > 0:
+    if g.max_staleness > 0 and cfg.runtime == "local":
         cores = os.cpu_count() or 1
         roles = cfg.sampler.threads + cfg.learner.threads
         need(
@@ -889,6 +930,7 @@ def validate(cfg: Config) -> None:
             f"{', '.join(CHECKS)}.",
         )
     need(r.length_ratio > 1, f"reward.length_ratio must be above 1, got {r.length_ratio}.")
+    validate_placement(cfg)
     for name, weight in r.functions.items():
         need(
             isinstance(weight, (int, float)) and not isinstance(weight, bool),
@@ -1006,6 +1048,81 @@ def phase_configs(cfg: Config) -> list[tuple[str, Config]]:
         validate(phase)
         out.append((kind, phase))
     return out
+
+
+def ray_installed() -> bool:
+    """Whether the ray package can be imported (without importing it: that takes seconds)."""
+    try:
+        return importlib.util.find_spec("ray") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def validate_placement(cfg: Config) -> None:
+    """Reject impossible runtime, [ray] and learner.processes values (no network: whether a
+    Ray address answers is checked when a run starts, rlvr/cluster.py)."""
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(message)
+
+    g, ray, processes = cfg.grpo, cfg.ray, cfg.learner.processes
+    need(
+        cfg.runtime in ("local", "ray"),
+        f"runtime {cfg.runtime!r} is not one of local, ray.",
+    )
+    need(processes >= 1, f"learner.processes must be at least 1, got {processes}.")
+    groups = g.num_prompts // g.num_minibatches  # groups in one optimizer minibatch
+    need(
+        processes <= groups,
+        f"learner.processes = {processes} is larger than the batch allows: each of the "
+        f"grpo.num_minibatches = {g.num_minibatches} minibatches holds {groups} groups "
+        f"(grpo.num_prompts / grpo.num_minibatches) and each process needs one; set "
+        f"learner.processes to at most {groups}.",
+    )
+    need(
+        not cfg.learner.fsdp or processes > 1,
+        "learner.fsdp shards the learner over learner.processes; set learner.processes to 2 "
+        "or more (or learner.fsdp = false).",
+    )
+    need(
+        not (cfg.learner.fsdp and g.dynamic_sampling),
+        "learner.fsdp with grpo.dynamic_sampling is not supported yet (a step may keep fewer "
+        "groups than processes, and every FSDP process must take part in each pass); turn one "
+        "of them off.",
+    )
+    need(
+        processes == 1 or cfg.lora.rank == 0,
+        "learner.processes > 1 is not supported with LoRA (lora.rank > 0) yet; set "
+        "learner.processes = 1 or lora.rank = 0.",
+    )
+    need(ray.num_samplers >= 1, f"ray.num_samplers must be at least 1, got {ray.num_samplers}.")
+    for key, value in [
+        ("ray.num_verifiers", ray.num_verifiers),
+        ("ray.sampler_cpus", ray.sampler_cpus),
+        ("ray.sampler_gpus", ray.sampler_gpus),
+        ("ray.verifier_cpus", ray.verifier_cpus),
+        ("ray.learner_cpus", ray.learner_cpus),
+        ("ray.learner_gpus", ray.learner_gpus),
+        ("ray.max_restarts", ray.max_restarts),
+    ]:
+        need(value >= 0, f"{key} must be 0 or more, got {value}.")
+    if cfg.runtime == "ray":
+        need(
+            ray_installed(),
+            'runtime = "ray" needs the ray package, which is not installed; run '
+            '`pip install "rlvr[ray]"` (or set runtime = "local").',
+        )
+        need(
+            cfg.lora.rank == 0,
+            'runtime = "ray" is not supported with LoRA (lora.rank > 0): the sampler actors '
+            'receive whole weights; set runtime = "local" or lora.rank = 0.',
+        )
+        need(
+            ray.num_verifiers == 0 or cfg.reward.workers > 0,
+            "ray.num_verifiers > 0 needs reward.workers > 0 (each verifier actor grades in "
+            "worker processes with a hard timeout); set reward.workers = 1 or more.",
+        )
 
 
 # ----------------------------------------------------------------------------- writing

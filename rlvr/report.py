@@ -47,7 +47,14 @@ FLAGGED_FILE = "samples/flagged.jsonl"
 _RESERVED = ("phase", "step", "time")
 # Metrics that depend on the clock (or on how the machine scheduled the processes), not only on
 # the numbers a run computes: a resumed or repeated run reproduces every other metric exactly.
-CLOCK_DEPENDENT = ("time", "seconds", "per_second", "verifier_queue_depth", "sampler_restarts")
+CLOCK_DEPENDENT = (
+    "time",
+    "seconds",
+    "per_second",
+    "verifier_queue_depth",
+    "sampler_restarts",
+    "lost_verifications",
+)
 
 
 def depends_on_clock(key: str) -> bool:

@@ -48,10 +48,12 @@ from pathlib import Path
 import torch
 
 from rlvr.checkpoint import Checkpointer, latest_checkpoint, load_checkpoint, load_trainer_state
+from rlvr.cluster import check_model, check_ray, ray_session
 from rlvr.config import Config, ConfigError, phase_configs, to_toml
 from rlvr.device import autocast, place_model, resolve_device
 from rlvr.errors import StopRequested
 from rlvr.evaluation import evaluate
+from rlvr.learning.distributed import DistributedLearner, check_data_parallel
 from rlvr.learning.learner import GRPOLearner, StepResult
 from rlvr.learning.pretrain import pretrain
 from rlvr.learning.updates import too_many_bad_steps
@@ -66,6 +68,8 @@ from rlvr.report import (
     write_samples,
 )
 from rlvr.sampling.process import SamplerProcess, check_async
+from rlvr.sampling.ray_sampler import SCHEDULE as RAY_SCHEDULE
+from rlvr.sampling.ray_sampler import RaySampler
 from rlvr.sampling.sampler import Rollouts, Sampler
 from rlvr.tasks import TASKS, Problem
 from rlvr.timeline import plot_timeline, record_step
@@ -232,15 +236,35 @@ def step_metrics(rollouts: Rollouts, result: StepResult, times: dict[str, float]
 
 
 def make_sampler(policy, tokenizer, task, scorer: Scorer, cfg: Config, first_step: int,
-                 resume: dict | None) -> Sampler | SamplerProcess:  # fmt: skip
-    """The sampler role for this GRPO phase: in this process on the learner's own model
-    (grpo.max_staleness = 0), or in a process of its own, max_staleness versions behind."""
+                 resume: dict | None) -> Sampler | SamplerProcess | RaySampler:  # fmt: skip
+    """The sampler role for this GRPO phase: on Ray actors (runtime = "ray"), in this process
+    on the learner's own model (grpo.max_staleness = 0), or in a process of its own,
+    max_staleness versions behind."""
+    if cfg.runtime == "ray":
+        return RaySampler(policy, tokenizer, task, cfg, scorer.system_prompt, first_step, resume)
+    if resume is not None and resume.get("sampler_schedule") == RAY_SCHEDULE:
+        raise ConfigError(
+            'This run was sampled on Ray (runtime = "ray"), with its own random streams per '
+            "step; resume it with --runtime ray."
+        )
     if cfg.grpo.max_staleness == 0:
         sampler = Sampler(policy, tokenizer, scorer, task, cfg)
         if resume is not None:
             sampler.load_state_dict(resume)
         return sampler
     return SamplerProcess(policy, tokenizer, task, cfg, scorer.system_prompt, first_step, resume)
+
+
+def make_learner(policy, cfg: Config, pad_id: int, reward_weights: dict[str, float]):
+    """The learner role for this GRPO phase: in this process (GRPOLearner), split over
+    learner.processes processes (DistributedLearner), or in a Ray actor (runtime = "ray")."""
+    if cfg.runtime == "ray":
+        from rlvr.learning.ray_learner import RayLearner
+
+        return RayLearner(policy, cfg, pad_id, reward_weights)
+    if cfg.learner.processes > 1:
+        return DistributedLearner(policy, cfg, pad_id, reward_weights)
+    return GRPOLearner(policy, cfg, pad_id, reward_weights)
 
 
 def grpo(
@@ -263,7 +287,7 @@ def grpo(
     """
     g = cfg.grpo
     device = next(policy.parameters()).device
-    learner = GRPOLearner(policy, cfg, tokenizer.pad_id, scorer.weights)
+    learner = make_learner(policy, cfg, tokenizer.pad_id, scorer.weights)
     first = 1
     if resume is not None:
         if "torch_rng" in resume:  # LoRA dropout draws from it
@@ -277,7 +301,11 @@ def grpo(
     sampler = make_sampler(policy, tokenizer, task, scorer, cfg, first, resume)
     step_seconds, last_sampled, last_learned = [], None, None
 
-    with progress_bar("grpo", g.steps, done=first - 1) as advance, closing(sampler):
+    with (
+        progress_bar("grpo", g.steps, done=first - 1) as advance,
+        closing(learner),
+        closing(sampler),
+    ):
         for step in range(first, g.steps + 1):
             t0 = time.monotonic()
             # Sample k completions per problem (each verified as soon as it finishes), with
@@ -293,9 +321,11 @@ def grpo(
                      "learner_wait": t_learn - (last_learned or t0),
                      "sampler_wait": rollouts.start - (last_sampled or rollouts.start)}  # fmt: skip
             metrics = step_metrics(rollouts, result, times, g)
-            if isinstance(sampler, SamplerProcess):
+            if isinstance(sampler, (SamplerProcess, RaySampler)):
                 metrics["sampler_restarts"] = sampler.restarts
                 metrics["lost_sampling_seconds"] = sampler.lost_seconds
+            if isinstance(sampler, RaySampler):
+                metrics["lost_verifications"] = sampler.lost_verifications
             logger.log("grpo", step, metrics)
             verify_start = rollouts.end - rollouts.timings.get("verify_seconds", 0.0)
             record_step(logger.run_dir, step, {"sampler": (rollouts.start, rollouts.end),
@@ -498,6 +528,13 @@ def run(cfg: Config, resume: bool = False) -> tuple[Path, dict]:
     resume: continue the run in cfg.run_dir from its latest resumable checkpoint (exactly:
     the same weights and metrics as a run that was never stopped, for the same thread count).
     """
+    check_ray(cfg)  # a Ray address that does not answer stops the run before its folder exists
+    with ray_session(cfg):  # runtime = "ray": the cluster joined (or a local Ray started) first
+        return run_job(cfg, resume)
+
+
+def run_job(cfg: Config, resume: bool) -> tuple[Path, dict]:
+    """The whole job of `run`, with Ray (if any) already up."""
     t_start = time.perf_counter()
     seed_everything(cfg.seed, cfg.threads)
     resolve_device(cfg.device)  # a GPU that is not there stops the run before its folder exists
@@ -562,8 +599,12 @@ def run(cfg: Config, resume: bool = False) -> tuple[Path, dict]:
                 'prompt format has none; set system_prompt = "" or train a Hugging Face model.'
             )
         device = place_model(policy, cfg.device)
-        if cfg.grpo.max_staleness > 0 and cfg.grpo.steps > 0:
-            check_async(policy)  # before any evaluation or training
+        if cfg.grpo.steps > 0 and cfg.runtime == "ray":
+            check_model(policy)  # before any evaluation or training
+        elif cfg.grpo.max_staleness > 0 and cfg.grpo.steps > 0:
+            check_async(policy)
+        if cfg.learner.processes > 1 and cfg.grpo.steps > 0:
+            check_data_parallel(policy)
         if device.type == "cuda":
             console.print(f"device: {device} ({torch.cuda.get_device_name(device)})")
         checkpointer = Checkpointer(run_dir, cfg, tokenizer)

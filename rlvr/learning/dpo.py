@@ -104,7 +104,11 @@ def dpo(
                     if grad_norm is None:
                         skipped += 1
                         continue
-                    for key, value in {"loss": loss.detach(), "grad_norm": grad_norm, **loss_stats}.items():
+                    for key, value in {
+                        "loss": loss.detach(),
+                        "grad_norm": grad_norm,
+                        **loss_stats,
+                    }.items():
                         stats.setdefault(key, []).append(float(value))
             all_skipped = bool(pairs) and not stats
             bad_in_row = bad_in_row + 1 if all_skipped else 0

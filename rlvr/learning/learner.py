@@ -11,6 +11,11 @@ minibatch. The formulas and their papers are in rlvr/learning/algorithms.py.
 
 With LoRA (`lora.rank > 0`) only the adapters train and the reference is the policy with them
 turned off; otherwise the reference is a frozen copy of the starting policy.
+
+Data-parallel (`learner.processes = N`, rlvr/learning/distributed.py): every process holds the
+whole batch and takes its share of each minibatch's groups; its loss is its share of the
+minibatch's loss (the same denominator as one process would use) and gradients are summed
+across processes, so the update is the single-process one. Without `dp` nothing changes.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from rlvr.lora import adapter_state, adapters_disabled, inject_lora, load_adapte
 from rlvr.report import console
 
 if TYPE_CHECKING:
+    from rlvr.learning.distributed import DataParallel
     from rlvr.sampling.rollout import Episode
 
 
@@ -102,10 +108,13 @@ class GRPOLearner:
     shuffle, and turns a batch of scored episodes into one policy update."""
 
     def __init__(
-        self, policy: torch.nn.Module, cfg: Config, pad_id: int, reward_weights: dict[str, float]
-    ) -> None:
+        self, policy: torch.nn.Module, cfg: Config, pad_id: int, reward_weights: dict[str, float],
+        dp: DataParallel | None = None,
+    ) -> None:  # fmt: skip
         g = cfg.grpo
         self.policy, self.cfg, self.pad_id = policy, cfg, pad_id
+        self.dp = dp
+        """This process's part of a data-parallel learner (None: the whole batch is here)."""
         self.reward_weights = reward_weights
         """The weight of each reward part by name (`Scorer.weights`), for reward_combine."""
         self.lora = cfg.lora.rank > 0
@@ -115,6 +124,8 @@ class GRPOLearner:
         self.reference = None
         if g.beta > 0 and not self.lora:
             self.reference = copy.deepcopy(policy).eval().requires_grad_(False)
+        if dp is not None:  # with learner.fsdp, shard both before the optimizer sees them
+            dp.wrap(policy, self.reference)
         self.optimizer = make_optimizer(policy, g.lr, g.weight_decay)
         self.shuffle = torch.Generator().manual_seed(cfg.seed + 3)
         self.bad_in_row = 0
@@ -143,14 +154,12 @@ class GRPOLearner:
                 if g.beta > 0:  # the frozen copy; with LoRA, the policy without adapters
                     ref_model = self.reference if self.reference is not None else policy
                     with adapters_disabled(ref_model), autocast(cfg, ref_model):
-                        batch["ref_logprobs"], _ = sequence_logprobs(
-                            ref_model, batch, g.temperature
-                        )
+                        batch["ref_logprobs"] = self._logprobs(ref_model, batch)
                 if g.is_level != "none":
                     # The learner's own logprobs become the ratio's "old" ones; the weights
                     # correct for the sampler having drawn from slightly different ones.
                     with autocast(cfg, policy):
-                        learner_old, _ = sequence_logprobs(policy, batch, g.temperature)
+                        learner_old = self._logprobs(policy, batch)
                     batch["is_weights"], is_stats = sampler_correction(
                         learner_old, batch["old_logprobs"], batch["completion_mask"],
                         level=g.is_level, mode=g.is_mode, cap=g.is_cap,
@@ -166,37 +175,39 @@ class GRPOLearner:
             for iteration in range(g.num_iterations):
                 order = torch.randperm(num_groups, generator=self.shuffle)
                 for group_ids in order.chunk(g.num_minibatches):
-                    rows = (
-                        (group_ids[:, None] * g.group_size + torch.arange(g.group_size))
-                        .flatten()
-                        .to(device)
-                    )
+                    # one optimizer step per minibatch: dapo's "whole batch" is this one
+                    minibatch_mask = batch["completion_mask"][self._rows(group_ids, device)]
+                    if self.dp is not None:  # this process's groups of the minibatch
+                        group_ids = self.dp.shard(group_ids)
+                    rows = self._rows(group_ids, device)
                     mb = {k: v[rows] for k, v in batch.items()}
                     with autocast(cfg, policy):  # logits and logprobs come out float32
                         logprobs, logits = sequence_logprobs(policy, mb, g.temperature)
-                    # one optimizer step per minibatch: dapo's "whole batch" is this one
                     mask = mb["completion_mask"]
                     if iteration == 0 and g.is_level == "none":
                         # How far the sampler's policy (stale by `staleness` versions in an
                         # asynchronous run) is from the learner's, before this update.
-                        stats.setdefault("mismatch_kl", []).append(
-                            float(
-                                masked_mean(
-                                    kl_k3(mb["old_logprobs"], logprobs.detach()), mask.bool()
-                                )
-                            )
+                        mismatch = masked_mean(
+                            kl_k3(mb["old_logprobs"], logprobs.detach()), mask.bool()
                         )
+                        if self.dp is not None:
+                            mismatch = self.dp.token_mean(mismatch, mask, minibatch_mask)
+                        stats.setdefault("mismatch_kl", []).append(float(mismatch))
                     loss, loss_stats = policy_loss(
                         logprobs, mb["old_logprobs"], mb["advantages"], mask,
                         loss_type=g.loss_type, epsilon_low=g.epsilon,
                         epsilon_high=g.epsilon_high, delta=g.delta or None,
                         ref_logprobs=mb.get("ref_logprobs"), beta=g.beta,
-                        max_length=g.max_new_tokens, num_tokens=mask.sum(),
+                        max_length=g.max_new_tokens, num_tokens=minibatch_mask.sum(),
                         is_weights=mb.get("is_weights"),
                         entropy=entropy_from_logits(logits) if g.entropy_coef else None,
                         entropy_coef=g.entropy_coef,
                     )  # fmt: skip
-                    grad_norm = finite_update(loss, policy, self.optimizer, g.grad_clip)
+                    if self.dp is not None:  # this process's share of the minibatch loss
+                        share = self.dp.loss_share(g.loss_type, mask, minibatch_mask)
+                        loss = loss * share
+                        loss_stats["policy_loss"] = loss_stats["policy_loss"] * share
+                    grad_norm = finite_update(loss, policy, self.optimizer, g.grad_clip, self.dp)
                     updates += 1
                     if grad_norm is None:
                         skipped += 1
@@ -207,6 +218,8 @@ class GRPOLearner:
                             loss_stats["entropy"] = (entropy * mask).sum() / mask.sum().clamp(min=1)
                     loss_stats["grad_norm"] = grad_norm
                     loss_stats["loss"] = loss.detach()
+                    if self.dp is not None:  # the minibatch's values, as one process has them
+                        loss_stats = self.dp.reduce_stats(loss_stats, mask, minibatch_mask)
                     for key, value in loss_stats.items():
                         stats.setdefault(key, []).append(float(value))
         self.bad_in_row = self.bad_in_row + 1 if skipped and skipped == updates else 0
@@ -214,21 +227,46 @@ class GRPOLearner:
             self.reference.load_state_dict(policy.state_dict())
         return StepResult(stats, updates, skipped)
 
+    def _rows(self, group_ids: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """The batch rows of these groups (group-major: a group's samples are adjacent)."""
+        k = self.cfg.grpo.group_size
+        return (group_ids[:, None] * k + torch.arange(k)).flatten().to(device)
+
+    def _logprobs(self, model: torch.nn.Module, batch: dict) -> torch.Tensor:
+        """(N, T-1) logprobs of the whole batch under `model`, without gradient; data-parallel,
+        each process computes a slice of the rows and they are gathered."""
+        if self.dp is None:
+            return sequence_logprobs(model, batch, self.cfg.grpo.temperature)[0]
+        return self.dp.gather_rows(
+            lambda part: sequence_logprobs(model, part, self.cfg.grpo.temperature)[0], batch
+        )
+
+    def close(self) -> None:
+        """Nothing to release in this process (the data-parallel learner stops its processes)."""
+
     def state_dict(self) -> dict:
         """What a checkpoint needs to continue the same updates (the weights are saved apart)."""
+        if self.dp is not None and self.dp.fsdp:  # the shards gathered (every rank joins)
+            optimizer, reference = self.dp.full_state(self.policy, self.optimizer, self.reference)
+        else:
+            optimizer = self.optimizer.state_dict()
+            reference = self.reference.state_dict() if self.reference is not None else None
         return {
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer,
             "shuffle": self.shuffle.get_state(),
             "bad_in_row": self.bad_in_row,
-            "reference": self.reference.state_dict() if self.reference is not None else None,
+            "reference": reference,
             "lora": adapter_state(self.policy) if self.lora else None,
         }
 
     def load_state_dict(self, state: dict) -> None:
         if self.lora:
             load_adapter_state(self.policy, state.get("lora"))
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.dp is not None and self.dp.fsdp:  # each rank keeps its shards
+            self.dp.load_full_state(self.policy, self.optimizer, self.reference, state)
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.reference is not None:
+                self.reference.load_state_dict(state["reference"])
         self.shuffle.set_state(state["shuffle"])
-        if self.reference is not None:
-            self.reference.load_state_dict(state["reference"])
         self.bad_in_row = state["bad_in_row"]

@@ -4,10 +4,14 @@ whose NaN or infinite loss or gradient is skipped (and, too many in a row, stop 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from rlvr.errors import TrainingError
+
+if TYPE_CHECKING:
+    from rlvr.learning.distributed import DataParallel
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
@@ -27,18 +31,26 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 def finite_update(
-    loss: torch.Tensor, model: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float
-) -> torch.Tensor | None:
+    loss: torch.Tensor, model: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float,
+    dp: DataParallel | None = None,
+) -> torch.Tensor | None:  # fmt: skip
     """Backpropagate and step, unless the loss or the gradient is NaN or infinite.
 
     Returns the gradient norm, or None when the update was skipped (the weights and the
-    optimizer state are untouched then).
+    optimizer state are untouched then). Data-parallel (`dp`): `loss` is this process's share;
+    the shares' sum decides the skip and the gradients are summed before the clip, so every
+    process takes the same decision and the same step.
     """
     optimizer.zero_grad(set_to_none=True)
-    if not torch.isfinite(loss):
+    if not torch.isfinite(loss if dp is None else dp.sum(loss.detach())):
         return None
-    loss.backward()
+    if dp is None:
+        loss.backward()
+    else:
+        dp.backward(loss, model)  # gradients summed over the processes
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or float("inf"))
+    if dp is not None:
+        grad_norm = dp.full(grad_norm)
     if not torch.isfinite(grad_norm):
         optimizer.zero_grad(set_to_none=True)
         return None
