@@ -135,7 +135,7 @@ def test_new_weights_are_loaded_in_place(engine_and_model):
 
 @needs_vllm
 @pytest.mark.slow
-def test_grpo_trains_through_vllm_from_scratch_and_from_a_checkpoint(tmp_path):
+def test_grpo_through_vllm_from_scratch_and_from_a_checkpoint_async(tmp_path):
     smoke = ["--model.num_attention_heads", "2", "--pretrain.steps", "30", "--grpo.steps", "2",
              "--eval.num_problems", "8", "--eval.num_samples", "0", "--plots", "false",
              "--sampler.backend", "vllm"]  # fmt: skip
@@ -146,10 +146,14 @@ def test_grpo_trains_through_vllm_from_scratch_and_from_a_checkpoint(tmp_path):
     assert [s["step"] for s in grpo] == [1, 2]
     # vLLM's logprobs are the learner's: the sampler-learner mismatch is float noise
     assert all(abs(s["mismatch_kl"]) < 1e-4 and s["sampled_tokens"] > 0 for s in grpo)
-    # --model: the run's own saved checkpoint, loaded as a Hugging Face folder
+    # --model (the run's own checkpoint as a Hugging Face folder), sampled asynchronously: the
+    # sampler process's vLLM must load the policy's weights, not its fresh model's
     again = tmp_path / "from-model"
     args = ["train", str(recipe_path("smoke")), "--out", str(again), "--model",
-            str(run / "checkpoint"), *smoke[4:]]  # fmt: skip
+            str(run / "checkpoint"), *smoke[4:], "--grpo.max_staleness", "1",
+            "--sampler.threads", "1", "--learner.threads", "1"]  # fmt: skip
     assert main(args) == 0
-    grpo = [json.loads(line) for line in (again / "metrics.jsonl").read_text().splitlines()]
-    assert [s["step"] for s in grpo if s.get("phase") == "grpo"] == [1, 2]
+    steps = [json.loads(line) for line in (again / "metrics.jsonl").read_text().splitlines()]
+    grpo = [s for s in steps if s.get("phase") == "grpo"]
+    assert [(s["step"], s["staleness"]) for s in grpo] == [(1, 0), (2, 1)]
+    assert abs(grpo[0]["mismatch_kl"]) < 1e-4

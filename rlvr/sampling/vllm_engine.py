@@ -97,6 +97,8 @@ class VLLMEngine:
     cfg: the run's Config (dtype, seed, sampler.vllm_* settings).
     model_path: the Hugging Face folder the model was loaded from, if any (`--model`); vLLM
         reads its config there instead of a saved copy (the weights come from `model`).
+
+    `version` is the policy version whose weights vLLM holds (set by `load_weights`).
     """
 
     def __init__(self, model: torch.nn.Module, tokenizer, cfg, model_path: str = "") -> None:
@@ -130,10 +132,8 @@ class VLLMEngine:
             )
         finally:
             torch.set_num_threads = set_num_threads
-        self.version = -1
-        """The policy version whose weights vLLM holds (-1: those of the folder)."""
         self._calls = 0
-        self.load_weights(model, version=0)
+        self.load_weights(model, version=-1)  # (-1: not a version the engine was told)
 
     @torch.no_grad()
     def load_weights(self, model: torch.nn.Module, version: int) -> None:
