@@ -220,3 +220,14 @@ def test_verify_cli_judge_folder_that_is_not_a_model_exits_2(tmp_path, capsys):
     assert err.count("\n") == 1 and "config.json" in err and "Traceback" not in err
     assert main(["verify", str(source), "--verifier", "judge"]) == 2
     assert "--judge-model" in capsys.readouterr().err
+
+
+def test_train_with_a_judge_folder_that_is_not_a_model_exits_2(tmp_path, capsys):
+    from rlvr.cli import recipe_path
+
+    out = tmp_path / "run"
+    code = main(["train", str(recipe_path("smoke")), "--out", str(out),
+                 "--reward.judge.model", str(tmp_path)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "reward.judge.model" in err
+    assert not out.exists()  # before any work
