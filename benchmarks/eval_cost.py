@@ -22,11 +22,11 @@ import statistics
 import time
 
 import torch
+from rlvr.evaluate import evaluate
 
 from rlvr.checkpoint import load_checkpoint
 from rlvr.cli import recipe_path
 from rlvr.config import load_config
-from rlvr.evaluate import evaluate
 from rlvr.learning.pretrain import learning_rate, next_token_step, pretrain_batch
 from rlvr.learning.updates import make_optimizer
 from rlvr.model import Transformer

@@ -8,8 +8,8 @@
                                                    verified traces -> fine-tune -> evaluate
     rlvr eval RUN_DIR [--key value ...]            re-evaluate a saved checkpoint
     rlvr report RUN_DIR [RUN_DIR ...] [--out FILE] one HTML page for a run, or runs compared
-    rlvr verify INPUT.jsonl [--verifier math|choice|code|puzzle:NAME] [--output OUT.jsonl]
-                                                   grade a file of model outputs offline
+    rlvr verify INPUT.jsonl [--verifier math|choice|code|puzzle:NAME|judge] [--output OUT.jsonl]
+                            [--judge-model HF_FOLDER]  grade a file of model outputs offline
     rlvr sweep SWEEP.toml [--out DIR]              a grid of runs, resumable; table and plots
     rlvr train --help                              every config key with its meaning
 
@@ -102,7 +102,7 @@ def _parser(resume: bool = False) -> argparse.ArgumentParser:
         "input", help="JSONL: one {completion, answer|tests|problem} object per line"
     )
     verify.add_argument("--verifier", default="math",
-                        help="math, choice, code or puzzle:NAME, for lines that name none (default math)")  # fmt: skip
+                        help="math, choice, code, puzzle:NAME or judge, for lines that name none (default math)")  # fmt: skip
     verify.add_argument("--output", help="write graded lines here (default: stdout)")
     verify.add_argument("--workers", type=int, default=2, help="verifier worker processes")
     verify.add_argument("--partial", action="store_true",
@@ -115,6 +115,10 @@ def _parser(resume: bool = False) -> argparse.ArgumentParser:
     sweep.add_argument(
         "--out", help="the sweep's folder (default: the file's `out`, else runs/<name>)"
     )
+    verify.add_argument("--judge-model", metavar="PATH",
+                        help="a local Hugging Face model folder that judges lines (--verifier judge)")  # fmt: skip
+    verify.add_argument("--judge-template",
+                        help="the judge's prompt, with {question}, {response} and {reference}")  # fmt: skip
     return parser
 
 
@@ -159,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
             from rlvr.verify_cli import run_verify
 
             return run_verify(args.input, args.verifier, args.output, args.workers,
-                              args.partial, args.timeout)  # fmt: skip
+                              args.partial, args.timeout, args.judge_model,
+                              args.judge_template)  # fmt: skip
         if args.command == "sweep":
             return _sweep(Path(args.sweep_file), args.out, overrides)
     except ConfigError as e:

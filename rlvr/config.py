@@ -171,6 +171,44 @@ class GRPOConfig:
     depend on timing: the same seed and threads give the same run."""
 
 
+JUDGE_TEMPLATE = (
+    "Question: {question}\nReference answer: {reference}\nResponse: {response}\n"
+    "Does the response give the same final answer as the reference? Answer yes or no.\n"
+)
+"""The judge's default prompt; see JudgeConfig.template for its fields."""
+
+
+@dataclass
+class JudgeConfig:
+    model: str = ""
+    """A local Hugging Face model folder that judges whether a response's answer matches the
+    reference ("" turns the judge off). It runs in a worker process of its own, batched,
+    greedy (rlvr/verifiers/judge.py)."""
+    when: str = "unparsable"
+    """"unparsable": the task's rules first, the judge only where they cannot decide (status
+    "unparsable"); "always": the judge grades every response."""
+    template: str = JUDGE_TEMPLATE
+    """The judge's prompt (through the judge's chat template when it has one): {question} is
+    the problem's prompt, {response} the response's answer (its <answer> block, else the text
+    after </think>), {reference} the gold answer."""
+    correct_pattern: str = r"^\W*(yes|correct)\b"
+    """Regular expression (case-insensitive, searched in the judge's output) that means
+    correct; it is tried before wrong_pattern."""
+    wrong_pattern: str = r"^\W*(no|incorrect|wrong)\b"
+    """Regular expression that means wrong; an output matching neither is status
+    "unparsable" (reward 0)."""
+    max_new_tokens: int = 8
+    """Longest judge output, tokens."""
+    batch_size: int = 16
+    """Most responses the judge reads in one call (waiting ones are batched together)."""
+    timeout_s: float = 60.0
+    """Seconds one judge call (a batch) may run before the worker is killed and restarted; a
+    failed call (timeout or crash) is retried once, then its responses score 0 with status
+    "timeout" or "error". Loading the model is not timed."""
+    threads: int = 1
+    """torch threads of the judge's worker process."""
+
+
 @dataclass
 class RewardConfig:
     accuracy_weight: float = 1.0
@@ -202,6 +240,11 @@ class RewardConfig:
     length_ratio: float = 4.0
     """The watch flags a completion more than this many times longer or shorter than its
     group's median length (length_outlier)."""
+    verdict_cache: bool = True
+    """Grade identical (response answer, gold) pairs once per run, by the rules and by the
+    judge alike; hits are logged as verdict_cache_hits. Turn it off for verifiers whose
+    verdict can change between calls."""
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
 
 
 @dataclass
@@ -355,6 +398,19 @@ class SamplerConfig:
     """torch threads of the sampler process of an asynchronous GRPO phase
     (grpo.max_staleness > 0); the synchronous loop samples in the training process with
     `threads`."""
+    backend: str = "rlvr"
+    """What samples the GRPO episodes: "rlvr" (rlvr's own engine) or "vllm" (vLLM in the
+    sampler's process, `pip install rlvr[vllm]`; new weights are loaded into it after each
+    learner step). Evaluation always uses rlvr's engine."""
+    vllm_kv_cache_gb: float = 1.0
+    """vLLM's KV-cache space in GiB (on the CPU; on a GPU vLLM takes
+    sampler.vllm_gpu_memory_utilization of the GPU instead)."""
+    vllm_gpu_memory_utilization: float = 0.3
+    """Fraction of the GPU's memory vLLM may take (weights and KV cache); the learner shares
+    the GPU."""
+    vllm_enforce_eager: bool = True
+    """Run vLLM without torch.compile / CUDA graphs: starts in seconds; False compiles (tens
+    of seconds at start, faster decoding)."""
 
 
 @dataclass
@@ -695,7 +751,8 @@ def validate(cfg: Config) -> None:
     sections = {"": cfg, "model.": m, "pretrain.": p, "grpo.": g, "reward.": cfg.reward,
                 "eval.": e, "checkpoint.": cfg.checkpoint, "lora.": cfg.lora,
                 "sampler.": cfg.sampler, "learner.": cfg.learner,
-                "logging.": cfg.logging, "ray.": cfg.ray}  # fmt: skip
+                "logging.": cfg.logging, "ray.": cfg.ray,
+                "reward.judge.": cfg.reward.judge}  # fmt: skip
     for prefix, section in sections.items():
         for f in dataclasses.fields(section):
             value = getattr(section, f.name)
@@ -931,6 +988,48 @@ def validate(cfg: Config) -> None:
         )
     need(r.length_ratio > 1, f"reward.length_ratio must be above 1, got {r.length_ratio}.")
     validate_placement(cfg)
+    need(
+        cfg.sampler.backend in ("rlvr", "vllm"),
+        f"sampler.backend {cfg.sampler.backend!r} is not one of rlvr, vllm.",
+    )
+    need(
+        cfg.sampler.vllm_kv_cache_gb > 0,
+        f"sampler.vllm_kv_cache_gb must be above 0, got {cfg.sampler.vllm_kv_cache_gb}.",
+    )
+    need(
+        0 < cfg.sampler.vllm_gpu_memory_utilization <= 1,
+        "sampler.vllm_gpu_memory_utilization must be in (0, 1], got "
+        f"{cfg.sampler.vllm_gpu_memory_utilization}.",
+    )
+    need(
+        cfg.sampler.backend != "vllm" or lora.rank == 0,
+        'sampler.backend = "vllm" is not supported with LoRA (lora.rank > 0): vLLM receives '
+        'whole weights; set lora.rank = 0 or sampler.backend = "rlvr".',
+    )
+    j = r.judge
+    need(
+        j.when in ("unparsable", "always"),
+        f"reward.judge.when {j.when!r} is not one of unparsable, always.",
+    )
+    for key, value in [("reward.judge.max_new_tokens", j.max_new_tokens),
+                       ("reward.judge.batch_size", j.batch_size),
+                       ("reward.judge.threads", j.threads)]:  # fmt: skip
+        need(value >= 1, f"{key} must be at least 1, got {value}.")
+    need(j.timeout_s > 0, f"reward.judge.timeout_s must be above 0, got {j.timeout_s}.")
+    for key in ("correct_pattern", "wrong_pattern"):
+        try:
+            re.compile(getattr(j, key))
+        except re.error as e:
+            raise ConfigError(
+                f"reward.judge.{key} {getattr(j, key)!r} is not a regular expression ({e}); fix it."
+            ) from e
+    try:
+        j.template.format(question="", response="", reference="")
+    except (KeyError, IndexError, ValueError) as e:
+        raise ConfigError(
+            f"reward.judge.template has a field other than {{question}}, {{response}} and "
+            f"{{reference}} ({type(e).__name__}: {e}); write literal braces as {{{{ and }}}}."
+        ) from e
     for name, weight in r.functions.items():
         need(
             isinstance(weight, (int, float)) and not isinstance(weight, bool),
@@ -1144,10 +1243,17 @@ def to_toml(cfg: Config) -> str:
             continue  # written last, as [[phases]] tables
         else:
             lines.append(f"{f.name} = {_toml_value(value)}")
-    for name, obj in tables:
+    while tables:  # each table, then the tables inside it ([reward], [reward.judge])
+        name, obj = tables.pop(0)
         lines.append(f"\n[{name}]")
+        inner = []
         for f in dataclasses.fields(obj):
-            lines.append(f"{f.name} = {_toml_value(getattr(obj, f.name))}")
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                inner.append((f"{name}.{f.name}", value))
+            else:
+                lines.append(f"{f.name} = {_toml_value(value)}")
+        tables[:0] = inner
     for table in getattr(cfg, "phases", []):  # a reader sees the run's phases at a glance
         lines.append("\n[[phases]]")
         lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in table.items()]

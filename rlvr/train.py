@@ -71,10 +71,12 @@ from rlvr.sampling.process import SamplerProcess, check_async
 from rlvr.sampling.ray_sampler import SCHEDULE as RAY_SCHEDULE
 from rlvr.sampling.ray_sampler import RaySampler
 from rlvr.sampling.sampler import Rollouts, Sampler
+from rlvr.sampling.vllm_engine import check_vllm
 from rlvr.tasks import TASKS, Problem
 from rlvr.timeline import plot_timeline, record_step
 from rlvr.tokenizer import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, CharTokenizer
 from rlvr.verifiers.hacking import flagged_shares
+from rlvr.verifiers.judge import check_judge_folder
 from rlvr.verifiers.rewards import Scorer, open_pool
 
 # ----------------------------------------------------------------------------- set-up
@@ -226,6 +228,8 @@ def step_metrics(rollouts: Rollouts, result: StepResult, times: dict[str, float]
         "verifier_items_per_second": v.get("verify_items", 0) / max(v.get("verify_seconds", 0), 1e-9),
         "verifier_queue_depth": v.get("verify_backlog", 0),
         "verify_tail_seconds": v.get("verify_tail_seconds", 0.0),
+        "verdict_cache_hits": v.get("verdict_cache_hits", 0),
+        "judged": v.get("judged", 0),
         "learner_seconds": times["learner"],
         "learner_tokens_per_second": learned / max(times["learner"], 1e-9),
         "learner_wait_seconds": times["learner_wait"],
@@ -538,6 +542,10 @@ def run_job(cfg: Config, resume: bool) -> tuple[Path, dict]:
     t_start = time.perf_counter()
     seed_everything(cfg.seed, cfg.threads)
     resolve_device(cfg.device)  # a GPU that is not there stops the run before its folder exists
+    if cfg.reward.judge.model:
+        check_judge_folder(cfg.reward.judge.model)
+    if cfg.sampler.backend == "vllm" and cfg.grpo.steps > 0:
+        check_vllm()  # installed and importable, before the run folder exists
     loaded = None  # --model / init_from: loaded and checked before the run folder exists
     if cfg.init_from and not resume:
         loaded = load_checkpoint(cfg.init_from)[:2]
@@ -603,6 +611,8 @@ def run_job(cfg: Config, resume: bool) -> tuple[Path, dict]:
             check_model(policy)  # before any evaluation or training
         elif cfg.grpo.max_staleness > 0 and cfg.grpo.steps > 0:
             check_async(policy)
+        if cfg.sampler.backend == "vllm" and cfg.grpo.steps > 0:
+            check_vllm(policy)  # vLLM can run this model (head_dim), before any training
         if cfg.learner.processes > 1 and cfg.grpo.steps > 0:
             check_data_parallel(policy)
         if device.type == "cuda":

@@ -7,6 +7,8 @@ Each input line is a JSON object with `completion` plus what its verifier needs:
     choice        {"completion": "... Answer: B", "answer": "B"}  (or "(B) Paris"; A-J)
     code          {"completion": "```python ...```", "tests": {...}}
     puzzle:NAME   {"completion": "...", "answer": "...", "problem": {...}}  (reasoning-gym)
+    judge         {"completion": "...", "answer": "...", "question": "..."}  (a local model,
+                  --judge-model PATH; "question" (or "prompt") is optional)
 A line may name its own `verifier`; otherwise --verifier (default math) applies. Each output
 line is the input object plus `reward`, `status` and `reason` (code adds `passed`, `total`),
 in input order. A line that is not a JSON object, or lacks a field, gets status "error" with
@@ -15,7 +17,10 @@ status, items/s) goes to stderr.
 
 Multiple choice, plain-number math answers and answers identical to the gold are graded in
 this process (pure Python; a math line whose gold is a letter is graded as multiple choice);
-everything else runs in a VerifierPool, so sympy and sandboxed code never run here.
+everything else runs in a VerifierPool, so sympy and sandboxed code never run here. The judge
+(rlvr/verifiers/judge.py) runs in a worker process of its own, batched; identical (question,
+answer, gold) triples are judged once, and the summary counts the judge's gradings and cache
+hits.
 """
 
 from __future__ import annotations
@@ -81,10 +86,15 @@ def _plan(line: dict, lineno: int, default: str, partial: bool):
         if "tests" not in line:
             return _error(f"line {lineno}: code needs a 'tests' field"), None
         return None, (grade_code, (completion, line["tests"], partial))
+    if name == "judge":
+        if "answer" not in line:
+            return _error(f"line {lineno}: judge needs an 'answer' field (the reference)"), None
+        question = line.get("question", line.get("prompt", ""))
+        return None, ("judge", (str(question), completion, str(line["answer"])))
     if isinstance(name, str) and name.startswith("puzzle:") and len(name) > len("puzzle:"):
         return None, (grade_puzzle, (name.removeprefix("puzzle:"), completion, line, partial))
     return _error(
-        f"line {lineno}: unknown verifier {name!r}; use math, choice, code or puzzle:NAME"
+        f"line {lineno}: unknown verifier {name!r}; use math, choice, code, puzzle:NAME or judge"
     ), None
 
 
@@ -103,9 +113,13 @@ def run_verify(
     workers: int = 2,
     partial: bool = False,
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    judge_model: str | None = None,
+    judge_template: str | None = None,
 ) -> int:
-    """Grade a JSONL file; returns the exit code. Raises ConfigError for a missing file."""
-    from rlvr.config import ConfigError  # here, not at the top: workers import this module
+    """Grade a JSONL file; returns the exit code. Raises ConfigError for a missing file, or
+    a judge model folder that is not a model."""
+    from rlvr.config import ConfigError, JudgeConfig  # here: workers import this module
+    from rlvr.verifiers.judge import check_judge_folder
     from rlvr.verifiers.math import MATH_PRELOAD
     from rlvr.verifiers.pool import VerifierPool
 
@@ -114,6 +128,12 @@ def run_verify(
         raise ConfigError(f"Input file {path} does not exist; pass a JSONL file of completions.")
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}.")
+    if verifier == "judge" and not judge_model:
+        raise ConfigError(
+            "--verifier judge needs --judge-model PATH (a Hugging Face model folder)."
+        )
+    if judge_model:
+        check_judge_folder(judge_model)
     start = time.perf_counter()
     lines: list[dict] = []
     verdicts: list[Verdict | None] = []
@@ -137,6 +157,33 @@ def run_verify(
             lines.append(line)
             verdicts.append(verdict)
 
+    judged = hits = 0
+    judge_jobs = {i: args for i, (fn, args) in jobs.items() if fn == "judge"}
+    jobs = {i: job for i, job in jobs.items() if i not in judge_jobs}
+    if judge_jobs and not judge_model:
+        for i in judge_jobs:
+            verdicts[i] = _error("a line names the judge verifier: pass --judge-model PATH")
+    elif judge_jobs:
+        from rlvr.verifiers.judge import Judge, response_answer
+
+        settings = JudgeConfig(model=judge_model, timeout_s=max(timeout_s, 60.0))
+        if judge_template is not None:
+            settings.template = judge_template
+        with Judge(settings) as judge:
+            asked: dict[tuple[str, str, str], Any] = {}  # the verdict cache: one per triple
+            futures = {}
+            for i, (question, completion, gold) in judge_jobs.items():
+                key = (question if "{question}" in settings.template else "",
+                       response_answer(completion), gold)  # fmt: skip
+                if key in asked:
+                    hits += 1
+                else:
+                    asked[key] = judge.submit(*key)
+                futures[i] = asked[key]
+            for i, future in futures.items():
+                verdicts[i] = future.result()
+            judged = judge.judged
+
     if jobs:
         # Workers import math-verify up front only when some item needs it.
         needs_math = any(fn.__name__ == "verify_math" for fn, _ in jobs.values())
@@ -159,6 +206,8 @@ def run_verify(
     counts = Counter(v.status for v in verdicts)
     summary = ", ".join(f"{status} {counts[status]}" for status in STATUSES)
     rate = len(verdicts) / seconds if seconds > 0 else 0.0
+    if judge_jobs:
+        summary += f"; judged {judged}, cache hits {hits}"
     print(
         f"rlvr verify: {len(verdicts)} items in {seconds:.2f} s ({rate:.1f} items/s): {summary}",
         file=sys.stderr,

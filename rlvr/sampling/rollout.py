@@ -127,6 +127,7 @@ def rollout(
                 "model whose tokenizer covers its characters."
             ) from e
     pending: dict[tuple[int, int], tuple[str, dict]] = {}
+    hits, judged = scorer.cache_hits, scorer.judged
     t_start = time.perf_counter()
     first_submit: list[float] = []
 
@@ -187,4 +188,9 @@ def rollout(
         timings["verify_items"] = timings.get("verify_items", 0) + len(completions)
         timings["verify_seconds"] = timings.get("verify_seconds", 0.0) + t_end - first_submit[0]
         timings["verify_backlog"] = timings.get("verify_backlog", 0) + backlog
+        # the verdict cache's hits and the judge's gradings of these completions
+        timings["verdict_cache_hits"] = timings.get("verdict_cache_hits", 0) + (
+            scorer.cache_hits - hits
+        )
+        timings["judged"] = timings.get("judged", 0) + scorer.judged - judged
     return episodes

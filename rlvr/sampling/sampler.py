@@ -8,7 +8,9 @@ it drops the groups whose rewards are all equal and samples more problems until 
 is full (at most `grpo.max_sampling_rounds` rounds).
 
 `Sampler` runs in the training process on the learner's own model object (the synchronous
-loop: the policy that samples step n is the one step n - 1 left). `SamplerProcess`
+loop: the policy that samples step n is the one step n - 1 left). With `sampler.backend =
+"vllm"` it decodes through vLLM (rlvr/sampling/vllm_engine.py) instead of rlvr's `Engine`:
+the same rollout, with the learner's weights loaded into vLLM after each step. `SamplerProcess`
 (rlvr/sampling/process.py) runs the same code in a process of its own, a fixed number of
 versions behind the learner.
 
@@ -20,7 +22,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -132,7 +136,14 @@ class Sampler:
     def __init__(self, model: torch.nn.Module, tokenizer: CharTokenizer, scorer: Scorer,
                  task, cfg: Config) -> None:  # fmt: skip
         self.model, self.tokenizer, self.scorer, self.cfg = model, tokenizer, scorer, cfg
-        self.engine = Engine(model, pad_id=tokenizer.pad_id)
+        self.vllm = None
+        """The VLLMEngine with sampler.backend = "vllm" (then also `engine`), else None."""
+        if cfg.sampler.backend == "vllm":
+            from rlvr.sampling.vllm_engine import VLLMEngine
+
+            folder = cfg.model_path if cfg.model_path and Path(cfg.model_path).is_dir() else ""
+            self.vllm = VLLMEngine(model, tokenizer, cfg, model_path=folder)
+        self.engine = self.vllm or Engine(model, pad_id=tokenizer.pad_id)
         self.generator = torch.Generator().manual_seed(cfg.seed + 2)
         self.problems = ProblemStream(task, cfg)
         self.batches_drawn = 0
@@ -152,6 +163,10 @@ class Sampler:
         dynamic sampling, more batches until enough groups have unequal rewards."""
         g, start = self.cfg.grpo, time.monotonic()
         self.model.eval()
+        if self.vllm is not None and self.vllm.version != policy_version:
+            self.vllm.load_weights(self.model, policy_version)  # (a sampler process's weights)
+        # vLLM runs in its own precision (dtype), not under this process's autocast
+        precision = autocast(self.cfg, self.model) if self.vllm is None else nullcontext()
         target = g.num_prompts * g.group_size
         sampled: list[Episode] = []
         kept: list[int] = []
@@ -160,7 +175,7 @@ class Sampler:
         while rounds == 0 or (
             g.dynamic_sampling and len(kept) < target and rounds < g.max_sampling_rounds
         ):
-            with autocast(self.cfg, self.model):
+            with precision:
                 new = rollout(
                     self.engine, self.tokenizer, self.scorer,
                     self.problems.batch(self.batches_drawn),
@@ -178,8 +193,10 @@ class Sampler:
                         start, time.monotonic(), timings=timings)  # fmt: skip
 
     def publish(self, model: torch.nn.Module, version: int) -> None:
-        """The learner's weights after step `version`: nothing to hand over here, the
-        sampler's model is the learner's own."""
+        """The learner's weights after step `version`: nothing to hand over to rlvr's engine
+        (the sampler's model is the learner's own); vLLM loads them in place."""
+        if self.vllm is not None:
+            self.vllm.load_weights(model, version)
 
     def state_dict(self) -> dict:
         """What a checkpoint needs to continue the same stream of samples."""
@@ -196,4 +213,6 @@ class Sampler:
             self.pending[rollouts.step] = rollouts
 
     def close(self) -> None:
-        """Nothing to release in this process."""
+        """Release vLLM, if this sampler started it."""
+        if self.vllm is not None:
+            self.vllm.close()

@@ -65,6 +65,19 @@ def parse_response(text: str) -> ParsedResponse:
     return ParsedResponse(think=think, answer=answer, well_formed=well_formed)
 
 
+def answer_part(text: str) -> str:
+    """The text after a response's think block, when it opens with one clean
+    `<think>...</think>` (no other tag inside); else the whole text. Every verifier reads its
+    answer from this part, so two responses with the same answer part get the same verdict
+    (up to the format reward, which `format_reward` gives for the whole text)."""
+    if text.startswith(THINK_OPEN):
+        end = text.find(THINK_CLOSE)
+        inside = text[len(THINK_OPEN) : end]
+        if end >= 0 and not any(tag in inside for tag in SPECIAL_TOKENS):
+            return text[end + len(THINK_CLOSE) :]
+    return text
+
+
 def format_reward(text: str) -> float:
     """1.0 when the response has the exact R1 shape, else 0.0."""
     return 1.0 if parse_response(text).well_formed else 0.0

@@ -18,6 +18,17 @@ Every GRPO group also passes the reward-hacking watch (rlvr/verifiers/hacking.py
 `Scorer.watch` flags its completions, and those flagged by a check listed in
 `reward.zero_flagged` score 0 (every part), so the advantages never pay for that pattern.
 
+A judge model (`reward.judge.model`, rlvr/verifiers/judge.py) grades the responses whose
+rules verdict is "unparsable" (`reward.judge.when = "unparsable"`) or every response
+(`"always"`); its verdict replaces the rules' accuracy and status.
+
+The verdict cache (`reward.verdict_cache`, on by default) grades identical (answer part,
+problem) pairs once per run: the task's rules and the judge alike, a repeat while the first is
+still being graded included. The answer part is the text after a clean think block
+(`answer_part`); the format reward is taken per response. The judge has a cache of its own,
+keyed by what its prompt holds (the response's answer, the gold, the question if the template
+has it). Timeouts and errors are not kept. `cache_hits` and `judged` count for the logs.
+
 User reward functions are named "module:function" and called as `fn(completion, problem)`,
 where completion is the response text (from `<think>` on) and problem a `rlvr.tasks.Problem`;
 they return a float or a `Verdict` (its reward is used). A non-finite value scores 0 and is
@@ -27,7 +38,10 @@ counted (`bad_rewards`): a NaN must never reach the advantages.
 from __future__ import annotations
 
 import importlib
+import json
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
 from contextlib import AbstractContextManager, nullcontext
@@ -36,8 +50,11 @@ from typing import Any
 
 from rlvr.tasks import Problem
 from rlvr.verifiers import Verdict
+from rlvr.verifiers.format import answer_part, format_reward
 from rlvr.verifiers.hacking import flag_group
 from rlvr.verifiers.pool import NON_FINITE, VerifierPool, as_verdict
+
+CACHE_SIZE = 100_000  # verdicts the cache keeps (least recently used ones go first)
 
 
 def overlong_penalty(length: int, max_length: int, buffer: int) -> float:
@@ -107,6 +124,9 @@ class _Done:
     def done(self) -> bool:
         return True
 
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        fn(self)
+
 
 def _finite(value: float) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
@@ -140,6 +160,29 @@ class Scorer:
         if reward_cfg.overlong_buffer > 0:
             self.weights["overlong"] = reward_cfg.overlong_weight
         self.weights.update(reward_cfg.functions)
+        self.use_cache = getattr(reward_cfg, "verdict_cache", False)
+        self.cache_hits = 0
+        """Verifications (rules or judge) answered from the verdict cache."""
+        self._cache: OrderedDict[tuple, Future | _Done] = OrderedDict()
+        self._lock = threading.Lock()  # the cache is read from the pool's thread too
+        self.judge = None
+        """The judge model (rlvr.verifiers.judge.Judge) when reward.judge.model is set."""
+        judge_cfg = getattr(reward_cfg, "judge", None)
+        if judge_cfg is not None and judge_cfg.model:
+            from rlvr.verifiers.judge import Judge
+
+            self.judge = Judge(judge_cfg)
+            self.judge_when = judge_cfg.when
+
+    @property
+    def judged(self) -> int:
+        """Responses the judge has graded (cache hits not included)."""
+        return self.judge.judged if self.judge is not None else 0
+
+    def close(self) -> None:
+        """Stop the judge's worker, if there is one."""
+        if self.judge is not None:
+            self.judge.close()
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> Future | _Done:
         if self.pool is not None:
@@ -151,10 +194,82 @@ class Scorer:
 
     def submit(self, response: str, problem: Problem) -> dict[str, Future | _Done]:
         """Start verifying one completion; returns handles for `score`."""
-        pending = {"task": self._call(self.task.verify, response, problem)}
+        if not self.use_cache:
+            pending = {"task": self._verify(response, problem)}
+        else:
+            part = answer_part(response)
+            meta = json.dumps(problem.meta, sort_keys=True, default=str)
+            key = ("task", problem.verifier, problem.answer, meta, part)
+            pending = {"task": self._cached(key, lambda: self._verify(response, problem))}
+            pending["format"] = _Done(format_reward(response))
         for name, fn in self.functions.items():
             pending[name] = self._call(fn, response, problem)
         return pending
+
+    def _verify(self, response: str, problem: Problem) -> Future | _Done:
+        """The task's rules, then the judge where reward.judge.when says."""
+        if self.judge is None:
+            return self._call(self.task.verify, response, problem)
+        if self.judge_when == "always":
+            return self._judge(response, problem, rules=None)
+        final: Future = Future()
+
+        def after_rules(handle) -> None:
+            rules = as_verdict(handle.result())
+            if rules.status != "unparsable":
+                final.set_result(rules)
+                return
+            judged = self._judge(response, problem, rules)
+            judged.add_done_callback(lambda h: final.set_result(h.result()))
+
+        self._call(self.task.verify, response, problem).add_done_callback(after_rules)
+        return final
+
+    def _judge(self, response: str, problem: Problem, rules: Verdict | None) -> Future:
+        """The judge's verdict on a response, with the format reward of the rules' verdict
+        (or of the response, without one)."""
+        from rlvr.verifiers.judge import response_answer
+
+        answer = response_answer(response)
+        question = problem.prompt if "{question}" in self.judge.settings.template else ""
+        key = ("judge", question, problem.answer, answer)
+        if self.use_cache:
+            handle = self._cached(key, lambda: self.judge.submit(question, answer, problem.answer))
+        else:
+            handle = self.judge.submit(question, answer, problem.answer)
+        fmt = (rules.components if rules else {}).get("format", format_reward(response))
+        final: Future = Future()
+
+        def with_format(h) -> None:
+            v = h.result()
+            final.set_result(Verdict(v.reward, v.status, {**v.components, "format": fmt}, v.reason))
+
+        handle.add_done_callback(with_format)
+        return final
+
+    def _cached(self, key: tuple, verify: Callable[[], Future | _Done]) -> Future | _Done:
+        """The handle of `key`'s verdict: the one already made (a hit), or a new one from
+        `verify()`. Timeouts and errors leave the cache when they arrive."""
+        with self._lock:
+            handle = self._cache.get(key)
+            if handle is not None:
+                self._cache.move_to_end(key)
+                self.cache_hits += 1
+                return handle
+        handle = verify()
+        with self._lock:
+            self._cache[key] = handle
+            if len(self._cache) > CACHE_SIZE:
+                self._cache.popitem(last=False)
+
+        def forget_failures(h) -> None:
+            if as_verdict(h.result()).status in ("timeout", "error"):
+                with self._lock:
+                    if self._cache.get(key) is h:
+                        del self._cache[key]
+
+        handle.add_done_callback(forget_failures)
+        return handle
 
     def score(self, pending: dict[str, Future | _Done], num_tokens: int) -> Scored:
         """Wait for a completion's verdicts and combine the parts with their weights."""
@@ -163,6 +278,12 @@ class Scorer:
         bad = 0
         accuracy = verdict.components.get("accuracy", verdict.reward)
         fmt = verdict.components.get("format", 0.0)
+        if "format" in pending and "format" in verdict.components:
+            # A cached verdict came from another response with the same answer part: the
+            # format reward is this response's own.
+            fmt = pending["format"].result()
+            verdict = Verdict(verdict.reward, verdict.status, {**verdict.components,
+                              "format": fmt}, verdict.reason, verdict.passed, verdict.total)  # fmt: skip
         if not (_finite(accuracy) and _finite(fmt)):
             bad += 1
             accuracy, fmt = 0.0, 0.0
