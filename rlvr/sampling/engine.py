@@ -232,9 +232,13 @@ class Engine:
 class KVCache:
     """Keys and values of the tokens seen so far, preallocated for `max_len` slots.
 
-    Every row writes its t-th token into slot t, so all rows share one `length`. Prompts
-    of different lengths are left-padded; `mask` marks which slots hold real tokens, and
-    padded slots are never attended to. Keys are stored once per key/value head (not
+    Two layouts. Shared (the default): every row writes its t-th token into slot t, so all
+    rows share one `length`; prompts of different lengths are left-padded. Rows
+    (`start_rows`): each row fills its own slots from 0, so a token's slot is its position,
+    rows may hold different numbers of tokens (`ends`), a row can take back the last tokens it
+    wrote (`keep`: rejected draft tokens) and be loaded with a new prompt while the others
+    decode (`load_rows`: continuous batching). In both, `mask` marks which slots hold real
+    tokens and the others are never attended to. Keys are stored once per key/value head (not
     repeated for grouped-query attention).
     """
 
@@ -242,13 +246,17 @@ class KVCache:
         self.k = k  # per layer: (B, num_key_value_heads, max_len, head_dim)
         self.v = v  # per layer: (B, num_key_value_heads, max_len, head_dim)
         self.mask = mask  # (B, max_len) bool: the slot holds a real token
-        self.length = 0  # slots filled so far
+        self.length = 0  # slots in use: every row's tokens lie in [0, length)
         # The same mask as an additive attention bias (0 real, -inf padding), kept up to date
-        # from the first one-token step on, so decoding does not rebuild it every step.
+        # from the first extending step on, so decoding does not rebuild it every step.
         self.bias: torch.Tensor | None = None
         # Fixed-shape decoding (`make_static`): the slot the next token is written to, as a
         # (1,) tensor on the cache's device; None otherwise.
         self.slot: torch.Tensor | None = None
+        # Rows layout: slots filled per row, (B,) on the device and as a list; None: shared.
+        self.ends: torch.Tensor | None = None
+        self.ends_list: list[int] = []
+        self._new_slots: torch.Tensor | None = None  # (B, T) slots of the tokens being written
 
     @classmethod
     def create(
@@ -282,26 +290,107 @@ class KVCache:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write (B, num_kv_heads, T, head_dim) keys/values after the filled slots; return all
         keys/values up to and including them. `Transformer.forward` advances `length`."""
+        keys, values = self.k[layer], self.v[layer]
         if self.slot is not None:  # fixed shapes: write at the device-side slot, return all
-            keys, values = self.k[layer], self.v[layer]
             # (under autocast k and v arrive in different precisions; the cache keeps its own)
             keys.index_copy_(2, self.slot, k.to(keys.dtype))
             values.index_copy_(2, self.slot, v.to(values.dtype))
             return keys, values
         start, end = self.length, self.length + k.shape[2]
-        keys, values = self.k[layer], self.v[layer]
-        keys.narrow(2, start, end - start).copy_(k)
-        values.narrow(2, start, end - start).copy_(v)
+        if self.ends is not None:  # rows: token t of row b goes to slot ends[b] + t
+            B, heads, T, width = k.shape
+            index = self._new_slots[:, None, :, None].expand(B, heads, T, width)
+            keys.scatter_(2, index, k.to(keys.dtype))
+            values.scatter_(2, index, v.to(values.dtype))
+        else:
+            keys.narrow(2, start, end - start).copy_(k)
+            values.narrow(2, start, end - start).copy_(v)
         return keys.narrow(2, 0, end), values.narrow(2, 0, end)
+
+    def extend_bias(self, num_new: int, dtype: torch.dtype) -> torch.Tensor:
+        """Mark the slots of the next `num_new` tokens of every row real and return their
+        additive bias (B, 1, num_new, length + num_new): each sees its row's real tokens
+        before it and itself (the model then writes them through `update`)."""
+        start, end = self.length, self.length + num_new
+        device = self.mask.device
+        if self.bias is None or self.bias.dtype != dtype:
+            self.bias = torch.zeros(self.mask.shape, dtype=dtype, device=device)
+            self.bias.masked_fill_(~self.mask, float("-inf"))
+        if self.ends is None:
+            self.mask[:, start:end] = True
+            self.bias[:, start:end] = 0.0
+            bias = self.bias[:, None, None, :end]  # (B, 1, 1, end)
+            if num_new == 1:
+                return bias
+            query = torch.arange(start, end, device=device)[:, None]  # (T, 1)
+            future = torch.arange(end, device=device) > query  # (T, end)
+            return bias.masked_fill(future, float("-inf"))  # (B, 1, T, end)
+        slots = self.ends[:, None] + torch.arange(num_new, device=device)  # (B, T)
+        self._new_slots = slots
+        self.mask.scatter_(1, slots, True)
+        self.bias.scatter_(1, slots, 0.0)
+        self.ends = self.ends + num_new
+        self.ends_list = [e + num_new for e in self.ends_list]
+        bias = self.bias[:, None, None, :end]
+        if num_new == 1:  # the slots after a row's new one are not real: nothing to add
+            return bias
+        future = torch.arange(end, device=device) > slots[:, :, None]  # (B, T, end)
+        return bias.masked_fill(future[:, None], float("-inf"))
+
+    def start_rows(self) -> None:
+        """Switch an empty cache to the rows layout: each row fills its own slots from 0."""
+        self.ends = torch.zeros(self.batch_size, dtype=torch.long, device=self.mask.device)
+        self.ends_list = [0] * self.batch_size
+        self.length = 0
+
+    def keep(self, counts: list[int]) -> None:
+        """Of the tokens the last forward wrote (T per row), row b keeps its first counts[b];
+        the others' slots are taken back (rows layout: rejected draft tokens)."""
+        slots = self._new_slots  # (B, T)
+        T = slots.shape[1]
+        kept = torch.tensor(counts, device=slots.device)
+        keep = torch.arange(T, device=slots.device) < kept[:, None]  # (B, T)
+        self.mask.scatter_(1, slots, keep)
+        self.bias.scatter_(1, slots, torch.zeros_like(keep, dtype=self.bias.dtype).masked_fill_(~keep, float("-inf")))
+        self.ends = self.ends - T + kept
+        self.ends_list = [e - T + c for e, c in zip(self.ends_list, counts)]
+        self.length = max(self.ends_list, default=0)
+
+    def load_rows(self, rows: list[int], source: KVCache, source_rows: list[int],
+                  lengths: list[int]) -> None:  # fmt: skip
+        """Put prompts prefilled in `source` (shared layout, right-padded: a prompt's token t
+        in slot t) into `rows`: row rows[i] gets source row source_rows[i], lengths[i] tokens
+        long; what those rows held before is forgotten."""
+        width = source.length
+        dst = torch.tensor(rows, device=self.mask.device)
+        src = torch.tensor(source_rows, device=self.mask.device)
+        for k, v, sk, sv in zip(self.k, self.v, source.k, source.v):
+            k[dst, :, :width] = sk[src, :, :width].to(k.dtype)
+            v[dst, :, :width] = sv[src, :, :width].to(v.dtype)
+        mask = torch.zeros((len(rows), self.max_len), dtype=torch.bool, device=self.mask.device)
+        mask[:, :width] = source.mask[src, :width]
+        self.mask[dst] = mask
+        if self.bias is not None:
+            self.bias[dst] = torch.zeros_like(mask, dtype=self.bias.dtype).masked_fill_(
+                ~mask, float("-inf")
+            )
+        self.ends[dst] = torch.tensor(lengths, device=self.mask.device)
+        for row, length in zip(rows, lengths):
+            self.ends_list[row] = length
+        self.length = max(self.ends_list)
 
     def repeat_interleave(self, n: int) -> None:
         """Expand each row into `n` consecutive rows (in place): prefill a prompt once, then
         sample `n` completions of it."""
         self._apply(lambda t: t.repeat_interleave(n, dim=0))
+        self.ends_list = [e for e in self.ends_list for _ in range(n)]
 
     def select_rows(self, index: torch.Tensor) -> None:
         """Keep only the rows in `index` (in place), e.g. to drop finished sequences."""
         self._apply(lambda t: t.index_select(0, index))
+        if self.ends is not None:
+            self.ends_list = [self.ends_list[i] for i in index.tolist()]
+            self.length = max(self.ends_list, default=0)
 
     def _apply(self, fn) -> None:
         self.k = [fn(t) for t in self.k]
@@ -309,6 +398,8 @@ class KVCache:
         self.mask = fn(self.mask)
         if self.bias is not None:
             self.bias = fn(self.bias)
+        if self.ends is not None:
+            self.ends = fn(self.ends)
 
     def make_static(self, dtype: torch.dtype) -> None:
         """Switch to fixed-shape decoding from slot `length` on (`Transformer.decode_step`):
@@ -319,18 +410,6 @@ class KVCache:
         self.slot = torch.tensor([self.length], device=self.mask.device)
         self.bias = torch.zeros(self.mask.shape, dtype=dtype, device=self.mask.device)
         self.bias.masked_fill_(~self.mask, float("-inf"))
-
-    def decode_bias(self, dtype: torch.dtype) -> torch.Tensor:
-        """Mark slot `length` real and return the additive bias of slots [0, length]:
-        (B, 1, 1, length + 1), what one new token per row may attend to."""
-        start = self.length
-        self.mask[:, start] = True
-        if self.bias is None or self.bias.dtype != dtype:
-            self.bias = torch.zeros(self.mask.shape, dtype=dtype, device=self.mask.device)
-            self.bias.masked_fill_(~self.mask, float("-inf"))
-        else:
-            self.bias[:, start] = 0.0
-        return self.bias[:, None, None, : start + 1]
 
 
 class FixedShapeDecode:
