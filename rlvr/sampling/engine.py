@@ -17,13 +17,17 @@ Run `python benchmarks/engine_speed.py` for its speed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from rlvr.model import Transformer
+
+if TYPE_CHECKING:
+    from rlvr.sampling.speculative import Speculation
 
 
 @dataclass
@@ -46,18 +50,74 @@ class Completion:
 class Engine:
     """Samples completions from a `Transformer`; prompts and outputs are token id lists."""
 
-    def __init__(self, model: Transformer, pad_id: int, decode: str = "auto"):
+    def __init__(self, model: Transformer, pad_id: int, decode: str = "auto",
+                 speculation: Speculation | None = None):  # fmt: skip
         """decode: "auto" (a CUDA graph for rlvr's model on a GPU; "eager" otherwise and
         under autocast, see docs/gpu.md), "eager" (one
         forward per step, finished rows dropped), or "static" (the fixed-shape step a graph
-        replays, run without one: on any device, for tests)."""
+        replays, run without one: on any device, for tests).
+
+        speculation: draft tokens and verify them (rlvr/sampling/speculative.py); None: one
+        token per row and step. Speculation, `max_rows` (continuous batching) and a model
+        with batch-invariant kernels decode in the rows loop (rlvr/sampling/batching.py),
+        eagerly; they need rlvr's model class (a transformers model behind rlvr.hf.HFModel
+        decodes a batch at a time, one token per step)."""
         if decode not in ("auto", "eager", "static"):
             raise ValueError(f"decode {decode!r} is not one of auto, eager, static.")
         self.model = model
         self.pad_id = pad_id
         self.decode = decode
+        self.speculation = speculation
+        self.stats = None
+        """The last rows loop's `LoopStats` (forwards, drafted and accepted tokens)."""
 
-    @torch.inference_mode()
+    def uses_rows_loop(self, num_rows: int, max_rows: int = 0) -> bool:
+        """Whether `generate` with this many rows and max_rows decodes in the rows loop."""
+        if not isinstance(self.model, Transformer):
+            return False
+        return (
+            self.speculation is not None
+            or self.model.batch_invariant
+            or 0 < max_rows < num_rows
+        )
+
+    def stream(
+        self,
+        prompts: Iterable[list[int]],
+        *,
+        num_samples: int = 1,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        stop_token_ids: Sequence[int] = (),
+        stop_sequences: Sequence[Sequence[int]] = (),
+        min_new_tokens: int = 0,
+        generator: torch.Generator | None = None,
+        max_rows: int,
+    ) -> Iterator[Completion]:
+        """The completions of `prompts` (read as rows free up, so it may be a generator) in
+        the order they finish, decoded on `max_rows` rows by the rows loop: continuous
+        batching, with this engine's speculation. Arguments as for `generate`."""
+        from rlvr.sampling.batching import RowsLoop  # (batching imports this module)
+
+        if not isinstance(self.model, Transformer):
+            raise ValueError("The rows loop needs rlvr's model class, not a transformers model.")
+        if num_samples < 1 or max_new_tokens < 1 or max_rows < 1:
+            raise ValueError("num_samples, max_new_tokens and max_rows must be at least 1.")
+        if not 0 <= min_new_tokens <= max_new_tokens:
+            raise ValueError("min_new_tokens must be between 0 and max_new_tokens.")
+        loop = RowsLoop(
+            self.model, self.pad_id, prompts, num_samples=num_samples,
+            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+            stop_token_ids=stop_token_ids, stop_sequences=stop_sequences,
+            min_new_tokens=min_new_tokens, generator=generator, max_rows=max_rows,
+            speculation=self.speculation,
+        )  # fmt: skip
+        self.stats = loop.stats
+        with torch.inference_mode():
+            yield from loop
+
     def generate(
         self,
         prompts: list[list[int]],
@@ -72,6 +132,7 @@ class Engine:
         min_new_tokens: int = 0,
         generator: torch.Generator | None = None,
         on_complete: Callable[[Completion], None] | None = None,
+        max_rows: int = 0,
     ) -> list[Completion]:
         """`num_samples` completions per prompt, ordered prompt by prompt (group-major).
 
@@ -84,13 +145,59 @@ class Engine:
         (as vLLM does). The same `generator` seed gives the same completions.
         `on_complete(completion)` is called as each one finishes, while the others are still
         decoding (the rollout starts verifying there).
+
+        max_rows: decode at most this many rows at a time (0: all of them), by continuous
+        batching (`stream`): a finished row takes the next waiting sample. With speculation
+        or batch-invariant kernels every call goes through `stream`.
         """
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise ValueError("generate needs at least one prompt, and every prompt needs a token.")
+        num_rows = len(prompts) * num_samples
+        sampling = dict(
+            num_samples=num_samples, max_new_tokens=max_new_tokens, temperature=temperature,
+            top_p=top_p, top_k=top_k, stop_token_ids=stop_token_ids,
+            stop_sequences=stop_sequences, min_new_tokens=min_new_tokens, generator=generator,
+        )  # fmt: skip
+        if self.uses_rows_loop(num_rows, max_rows):
+            rows = min(max_rows or num_rows, num_rows)
+            completions = []
+            for completion in self.stream(prompts, max_rows=rows, **sampling):
+                if on_complete is not None:
+                    on_complete(completion)
+                completions.append(completion)
+            return sorted(completions, key=lambda c: (c.prompt_index, c.sample_index))
+        if 0 < max_rows < num_rows:  # (a transformers model) a batch of prompts at a time
+            per_call = max(1, max_rows // num_samples)
+            completions = []
+            for first in range(0, len(prompts), per_call):
+                done = None if on_complete is None else _shifted(on_complete, first)
+                chunk = self._generate(prompts[first : first + per_call], on_complete=done,
+                                       **sampling)  # fmt: skip
+                completions += [replace(c, prompt_index=c.prompt_index + first) for c in chunk]
+            return completions
+        return self._generate(prompts, on_complete=on_complete, **sampling)
+
+    @torch.inference_mode()
+    def _generate(
+        self,
+        prompts: list[list[int]],
+        *,
+        num_samples: int,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        top_k: int,
+        stop_token_ids: Sequence[int],
+        stop_sequences: Sequence[Sequence[int]],
+        min_new_tokens: int,
+        generator: torch.Generator | None,
+        on_complete: Callable[[Completion], None] | None,
+    ) -> list[Completion]:
+        """A batch at a time: `generate` without max_rows, speculation or invariant kernels."""
         model = self.model
         config = model.config
         param = next(model.parameters())
         device = param.device
-        if not prompts or any(len(p) == 0 for p in prompts):
-            raise ValueError("generate needs at least one prompt, and every prompt needs a token.")
         if num_samples < 1 or max_new_tokens < 1:
             raise ValueError("num_samples and max_new_tokens must be at least 1.")
         if not 0 <= min_new_tokens <= max_new_tokens:
@@ -227,6 +334,11 @@ class Engine:
             logprobs=logprobs[row, :length].tolist(),
             finish_reason=reason,
         )
+
+
+def _shifted(on_complete: Callable[[Completion], None], first: int) -> Callable:
+    """on_complete for a call on prompts[first:], called with indices into all prompts."""
+    return lambda c: on_complete(replace(c, prompt_index=c.prompt_index + first))
 
 
 class KVCache:
@@ -379,6 +491,34 @@ class KVCache:
             self.ends_list[row] = length
         self.length = max(self.ends_list)
 
+    def rewind(self, ends: list[int]) -> None:
+        """Take back every row's slots from ends[b] on (rows layout; ends[b] <= its end)."""
+        slots = torch.arange(self.max_len, device=self.mask.device)
+        new = torch.tensor(ends, device=self.mask.device)
+        drop = (slots >= new[:, None]) & (slots < self.ends[:, None])  # (B, max_len)
+        self.mask &= ~drop
+        self.bias.masked_fill_(drop, float("-inf"))
+        self.ends, self.ends_list = new, list(ends)
+        self.length = max(ends, default=0)
+
+    def grow(self, max_len: int) -> None:
+        """Make room for `max_len` slots per row (the new ones empty)."""
+        pad = max_len - self.max_len
+        if pad <= 0:
+            return
+        self.k = [F.pad(t, (0, 0, 0, pad)) for t in self.k]
+        self.v = [F.pad(t, (0, 0, 0, pad)) for t in self.v]
+        self.mask = torch.cat((self.mask, self.mask.new_zeros((self.batch_size, pad))), 1)
+        if self.bias is not None:
+            self.bias = F.pad(self.bias, (0, pad), value=float("-inf"))
+
+    def add_rows(self, n: int) -> None:
+        """Append `n` empty rows (rows layout)."""
+        self._apply(lambda t: torch.cat((t, t.new_zeros((n, *t.shape[1:])))))
+        if self.bias is not None:
+            self.bias[-n:] = float("-inf")
+        self.ends_list += [0] * n
+
     def repeat_interleave(self, n: int) -> None:
         """Expand each row into `n` consecutive rows (in place): prefill a prompt once, then
         sample `n` completions of it."""
@@ -469,13 +609,46 @@ def sample(
     under softmax(logits / temperature) before truncation (raw logits when greedy). Token ids
     in `banned` are never drawn (a truncation like top-k: their mass is not in the logprobs)."""
     if temperature == 0:
-        allowed = logits if banned is None else logits.index_fill(-1, banned, float("-inf"))
-        token = allowed.argmax(-1)
+        token = allowed_logits(logits, banned).argmax(-1)
         logprob = F.log_softmax(logits, -1).gather(-1, token[:, None]).squeeze(-1)
         return token, logprob
+    logp = tempered_logprobs(logits, temperature)  # (n, V)
+    truncated = truncate(logp, top_k, top_p, banned)
+    # Drawn where the generator lives (a CPU generator gives the same stream on any device).
+    where = generator.device if generator is not None else logits.device
+    u = torch.rand((len(logits), 1), generator=generator, device=where).to(logits.device)
+    token = draw(truncated, u)
+    return token, logp.gather(-1, token[:, None]).squeeze(-1)
+
+
+def tempered_logprobs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log_softmax(logits / temperature) over the last dimension."""
     # (x / 1.0 == x exactly: skip the copy at temperature 1.)
-    logp = F.log_softmax(logits / temperature if temperature != 1.0 else logits, -1)  # (n, V)
-    truncated = logp if banned is None else logp.index_fill(-1, banned, float("-inf"))
+    return F.log_softmax(logits / temperature if temperature != 1.0 else logits, -1)
+
+
+def allowed_logits(
+    logits: torch.Tensor, banned: torch.Tensor | None, ban_rows: torch.Tensor | None = None
+) -> torch.Tensor:
+    """logits (n, V) with the `banned` token ids at -inf, in every row or in the rows where
+    ban_rows (n,) is True."""
+    if banned is None:
+        return logits
+    masked = logits.index_fill(-1, banned, float("-inf"))
+    return masked if ban_rows is None else torch.where(ban_rows[:, None], masked, logits)
+
+
+def truncate(
+    logp: torch.Tensor,
+    top_k: int,
+    top_p: float,
+    banned: torch.Tensor | None = None,
+    ban_rows: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Log-probabilities (n, V) with the tokens sampling may not draw at -inf: the banned ids
+    (`allowed_logits`), then all but the top_k most likely (0: off), then all but the
+    smallest set of most likely tokens whose probability reaches top_p (1.0: off)."""
+    truncated = allowed_logits(logp, banned, ban_rows)
     if 0 < top_k < logp.shape[-1]:
         kth = truncated.topk(top_k, dim=-1).values[:, -1:]  # (n, 1), among allowed tokens
         truncated = truncated.masked_fill(truncated < kth, float("-inf"))
@@ -485,11 +658,14 @@ def sample(
         mass_before = sorted_probs.cumsum(-1) - sorted_probs
         drop = torch.empty_like(order, dtype=torch.bool).scatter_(-1, order, mass_before >= top_p)
         truncated = truncated.masked_fill(drop, float("-inf"))
+    return truncated
+
+
+def draw(truncated: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The token (n,) at each row's uniform number u (n, 1) in [0, 1) on the inverse CDF of
+    exp(truncated) (n, V), normalized: a sample of the truncated distribution."""
     # Inverse-CDF sampling: one uniform number per row (drawing one per vocabulary entry,
     # as Gumbel-max does, costs more than the rest of the step's sampling together).
     cdf = truncated.exp().cumsum(-1)  # (n, V), unnormalized after truncation
-    # Drawn where the generator lives (a CPU generator gives the same stream on any device).
-    where = generator.device if generator is not None else cdf.device
-    u = torch.rand((len(cdf), 1), generator=generator, device=where).to(cdf.device) * cdf[:, -1:]
-    token = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
-    return token, logp.gather(-1, token[:, None]).squeeze(-1)
+    u = u * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)

@@ -1,0 +1,399 @@
+"""Speculative decoding: drafts from the text already there, verified losslessly by the target.
+
+A drafter proposes up to `Speculation.num_tokens` next tokens for a row; the engine's rows
+loop (rlvr/sampling/batching.py) feeds the row's last token and its draft to the target model
+in one forward over the KV cache, and `verify` keeps the draft up to the first token the
+target would not have produced there, plus the target's own token at that place. The cache
+then takes back the rejected tokens' slots (`KVCache.keep`).
+
+Drafters, none of which needs a second model:
+- `ContextDrafter`: the longest suffix (up to MAX_NGRAM tokens) of the row's text found
+  earlier in its own prompt and completion, in its siblings (the other samples of the same
+  prompt in this call, running or finished), and in completions of the same prompt kept
+  from earlier calls (`DraftHistory`: the same problems come back across GRPO steps and
+  evaluations); the tokens that followed it there are the draft.
+- `ModelDrafter`: the greedy continuation of a small draft model with the same tokenizer.
+
+The rule is the speculative sampling rule of Leviathan et al. 2023 ("Fast Inference from
+Transformers via Speculative Decoding") and Chen et al. 2023 ("Accelerating Large Language
+Model Decoding with Speculative Sampling") for a deterministic draft: q is a point mass on the
+drafted token d, so d is accepted with probability min(1, p(d) / q(d)) = p(d), and on
+rejection the token is drawn from the normalized residual max(0, p - q), which is p without d,
+renormalized. `verify` realizes it by drawing the target's own token x from p (the
+distribution after temperature, top-k, top-p and the min_new_tokens ban: the one sampling
+uses) with the uniform number reserved for that position, and accepting d iff x == d: that
+happens with probability p(d), and when it does not, x is distributed as p restricted to the
+other tokens. So every emitted token is the target's own sample, drawn with the uniform number
+of its position: with equal logits, speculation changes how many forwards a completion takes,
+never the completion (tests/test_speculative.py checks both the distribution and this).
+
+Whether drafting pays depends on the batch: on a CPU a decode step of a small model at a few
+rows costs its per-layer overhead more than its arithmetic, so verifying several tokens costs
+about one step; at many rows the matmuls are already busy and extra tokens cost their FLOPs.
+`DraftPolicy` measures each kind of draft's acceptance (also for drafts it did not verify:
+it compares them with the tokens that came) and, per step, verifies the draft length that
+gives the most expected tokens per unit of modelled cost (`StepCost`), down to none.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from rlvr.sampling.engine import KVCache, draw
+
+MAX_NGRAM = 4
+"""Longest suffix a context draft is matched on, in tokens (longer matches are tried first)."""
+CANDIDATES_PER_NGRAM = 4
+"""Occurrences remembered per n-gram; the one with the longest continuation is drafted."""
+
+
+def verify(
+    truncated: torch.Tensor, drafts: torch.Tensor, uniforms: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The speculative sampling rule for point-mass drafts, for R rows at once.
+
+    truncated: (R, T, V) log-probabilities after temperature, top-k, top-p and bans (-inf:
+        never drawn), at T consecutive positions of each row: the row's last token and its
+        drafted tokens were fed, so position t is the distribution of the token after t drafts.
+    drafts: (R, T - 1) drafted token ids, -1 where a row drafted fewer.
+    uniforms: (R, T) the uniform numbers of those positions; None for greedy decoding.
+    Returns (accepted (R,), tokens (R, T)): row r emits tokens[r, : accepted[r] + 1], which
+    are its first accepted[r] drafts followed by the target's own token after them.
+    """
+    R, T, V = truncated.shape
+    if uniforms is None:
+        tokens = truncated.argmax(-1)  # (R, T)
+    else:
+        tokens = draw(truncated.reshape(R * T, V), uniforms.reshape(R * T, 1)).view(R, T)
+    if T == 1:
+        return torch.zeros(R, dtype=torch.long, device=tokens.device), tokens
+    matches = (tokens[:, :-1] == drafts).long()  # (R, T - 1)
+    return matches.cumprod(1).sum(1), tokens
+
+
+# ----------------------------------------------------------------------------- drafting from context
+
+
+class DraftHistory:
+    """Finished completions kept across engine calls, by prompt: the same problems come back
+    across GRPO steps and evaluations, and a completion of a problem drafts the next one.
+    Keeps the newest `per_prompt` completions of the newest `max_prompts` prompts."""
+
+    def __init__(self, per_prompt: int = 8, max_prompts: int = 20_000) -> None:
+        self.per_prompt, self.max_prompts = per_prompt, max_prompts
+        self._by_prompt: OrderedDict[tuple[int, ...], list[list[int]]] = OrderedDict()
+
+    def add(self, prompt: Sequence[int], completion: Sequence[int]) -> None:
+        key = tuple(prompt)
+        kept = self._by_prompt.pop(key, [])
+        kept = (kept + [list(completion)])[-self.per_prompt :]
+        self._by_prompt[key] = kept
+        while len(self._by_prompt) > self.max_prompts:
+            self._by_prompt.popitem(last=False)
+
+    def get(self, prompt: Sequence[int]) -> list[list[int]]:
+        return self._by_prompt.get(tuple(prompt), [])
+
+    def __len__(self) -> int:
+        return len(self._by_prompt)
+
+
+class _GroupIndex:
+    """Every n-gram (1..MAX_NGRAM tokens) of a group's texts (the samples of one prompt and
+    its kept completions), mapped to where it occurred with a continuation after it."""
+
+    def __init__(self) -> None:
+        self.texts: dict[object, list[int]] = {}
+        self.where: dict[tuple[int, ...], list[tuple[object, int]]] = {}
+
+    def add_text(self, key: object, tokens: Sequence[int]) -> None:
+        self.texts[key] = []
+        self.extend(key, tokens)
+
+    def extend(self, key: object, tokens: Sequence[int]) -> None:
+        text = self.texts[key]
+        for token in tokens:
+            text.append(token)
+            i = len(text) - 1  # position with a continuation now: register what ends there
+            for n in range(1, min(MAX_NGRAM, i) + 1):
+                places = self.where.setdefault(tuple(text[i - n : i]), [])
+                places.append((key, i))
+                if len(places) > CANDIDATES_PER_NGRAM:
+                    del places[0]
+
+    def propose(self, key: object, max_tokens: int) -> tuple[list[int], int]:
+        """The draft for text `key`: (tokens, length of the suffix matched), ([], 0) if none."""
+        text = self.texts[key]
+        for n in range(min(MAX_NGRAM, len(text)), 0, -1):
+            places = self.where.get(tuple(text[-n:]))
+            if not places:
+                continue
+            best: list[int] = []
+            for where, i in reversed(places):  # newest first; the longest continuation wins
+                source = self.texts[where]
+                if where == key and i + max_tokens > len(text):
+                    continue  # overlaps the row's own suffix: it would draft itself
+                found = source[i : i + max_tokens]
+                if len(found) > len(best):
+                    best = found
+                if len(best) == max_tokens:
+                    break
+            if best:
+                return best, n
+        return [], 0
+
+
+class ContextDrafter:
+    """Drafts for the rows of one engine call from their own text, their siblings' and the
+    kept completions of the same prompt (`DraftHistory`). Texts are keyed by (prompt index,
+    sample index); row numbers are not needed here."""
+
+    def __init__(self, history: DraftHistory | None) -> None:
+        self.history = history
+        self.groups: dict[int, _GroupIndex] = {}
+
+    def load(self, rows: list[int], keys: list[tuple[int, int]], prompts: list[list[int]],
+             max_len: int) -> None:  # fmt: skip
+        """New rows: each sample's key and its prompt's tokens."""
+        for key, prompt in zip(keys, prompts):
+            group = self.groups.get(key[0])
+            if group is None:
+                group = self.groups[key[0]] = _GroupIndex()
+                for i, old in enumerate(self.history.get(prompt) if self.history else []):
+                    group.add_text(("kept", i), list(prompt) + old)
+            group.add_text(key, prompt)
+
+    def extend(self, row: int, key: tuple[int, int], tokens: Sequence[int]) -> None:
+        self.groups[key[0]].extend(key, tokens)
+
+    def propose_all(self, rows: list[int], keys: list[tuple[int, int]],
+                    limits: list[int]) -> list[tuple[list[int], int]]:  # fmt: skip
+        """Per row (draft tokens, kind): kind is the length of the matched suffix."""
+        return [
+            self.groups[key[0]].propose(key, limit) if limit > 0 else ([], 0)
+            for key, limit in zip(keys, limits)
+        ]
+
+    def finish(self, row: int, key: tuple[int, int], prompt: Sequence[int],
+               completion: Sequence[int], last_of_group: bool) -> None:  # fmt: skip
+        """A row finished: keep its completion for later calls; drop the group when done."""
+        if self.history is not None:
+            self.history.add(prompt, completion)
+        if last_of_group:
+            del self.groups[key[0]]
+
+    def select_rows(self, rows: list[int]) -> None:
+        """The engine kept only these rows (nothing here is kept by row)."""
+
+
+class ModelDrafter:
+    """Drafts the greedy continuation of a small model with the target's tokenizer (rlvr's
+    model class). Its cache mirrors the target's rows; each step first feeds the tokens each
+    row emitted since, then drafts token by token, then takes the drafted tokens back (the
+    accepted ones come again as emitted tokens)."""
+
+    KIND = -1
+    """The kind of its drafts for `DraftPolicy` (context drafts have kinds 1..MAX_NGRAM)."""
+
+    def __init__(self, model, pad_id: int) -> None:
+        self.model, self.pad_id = model, pad_id
+        self.device = next(model.parameters()).device
+        self.cache = KVCache.create(model, 0, 1)
+        self.cache.start_rows()
+        self.pending: list[list[int]] = []  # per row: emitted tokens not in the cache yet
+
+    def load(self, rows: list[int], keys: list[tuple[int, int]], prompts: list[list[int]],
+             max_len: int) -> None:  # fmt: skip
+        needed = max(rows) + 1
+        if needed > self.cache.batch_size:
+            self.cache.add_rows(needed - self.cache.batch_size)
+            self.pending += [[] for _ in range(needed - len(self.pending))]
+        if max_len > self.cache.max_len:
+            self.cache.grow(max_len)
+        lengths = [len(p) for p in prompts]
+        width = max(lengths)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for j, prompt in enumerate(prompts):
+            ids[j, : lengths[j]] = torch.tensor(prompt, dtype=torch.long)
+            mask[j, : lengths[j]] = 1
+        prefill = KVCache.create(self.model, len(rows), width)
+        self.model(ids.to(self.device), mask.to(self.device), cache=prefill)
+        self.cache.load_rows(rows, prefill, list(range(len(rows))), lengths)
+        for row in rows:
+            self.pending[row] = []
+
+    def extend(self, row: int, key: tuple[int, int], tokens: Sequence[int]) -> None:
+        self.pending[row] += list(tokens)
+
+    def propose_all(self, rows: list[int], keys: list[tuple[int, int]],
+                    limits: list[int]) -> list[tuple[list[int], int]]:  # fmt: skip
+        B = self.cache.batch_size
+        width = max(len(self.pending[r]) for r in rows)
+        ids = torch.full((B, width), self.pad_id, dtype=torch.long)
+        counts = [0] * B
+        for r in rows:
+            ids[r, : len(self.pending[r])] = torch.tensor(self.pending[r], dtype=torch.long)
+            counts[r] = len(self.pending[r])
+            self.pending[r] = []
+        logits = self._forward(ids)  # (B, width, V)
+        self.cache.keep(counts)
+        last = torch.tensor([max(c - 1, 0) for c in counts], device=self.device)
+        token = logits[torch.arange(B, device=self.device), last].argmax(-1)  # (B,)
+        fed = list(self.cache.ends_list)
+        drafted = [token]
+        for _ in range(max(limits) - 1):
+            token = self._forward(token[:, None].cpu())[:, -1].argmax(-1)
+            drafted.append(token)
+        self.cache.rewind(fed)
+        table = torch.stack(drafted, 1).tolist()  # (B, max(limits))
+        return [(table[r][:limit], self.KIND) for r, limit in zip(rows, limits)]
+
+    def _forward(self, ids: torch.Tensor) -> torch.Tensor:
+        T = ids.shape[1]
+        positions = self.cache.ends[:, None] + torch.arange(T, device=self.device)
+        return self.model(ids.to(self.device), position_ids=positions, cache=self.cache)
+
+    def finish(self, row: int, key: tuple[int, int], prompt: Sequence[int],
+               completion: Sequence[int], last_of_group: bool) -> None:  # fmt: skip
+        self.pending[row] = []
+
+    def select_rows(self, rows: list[int]) -> None:
+        self.cache.select_rows(torch.tensor(rows, device=self.device))
+        self.pending = [self.pending[r] for r in rows]
+
+
+# ----------------------------------------------------------------------------- when drafting pays
+
+
+@dataclass
+class StepCost:
+    """Modelled seconds of one forward of the target over `rows` rows of `new` tokens each,
+    with `window` cache slots: fixed + rows * new * (per_token + per_slot * window), plus
+    `per_row` of host work per row that drafts. Deterministic on purpose: the decision to
+    draft must not depend on a clock, or the same seed would not give the same forwards.
+
+    The defaults are for rlvr's model on a CPU, measured with benchmarks/speculative.py
+    --calibrate (an EPYC core, fp32) and expressed per parameter so they scale with the
+    model: a step pays ~`op_seconds` per small op (~30 per layer), and a token 2 FLOPs per
+    parameter at `flops` per second."""
+
+    op_seconds: float = 6e-6
+    ops_per_layer: int = 30
+    flops: float = 6e10
+    host_seconds_per_row: float = 8e-6
+
+    def seconds(self, model, rows: int, new: int, window: int, drafting_rows: int) -> float:
+        config = model.config
+        layers, hidden = config.num_hidden_layers, config.hidden_size
+        fixed = layers * self.ops_per_layer * self.op_seconds
+        per_token = 2.0 * _matmul_parameters(model) / self.flops
+        per_slot = 4.0 * layers * hidden / self.flops  # q.k and p.v over one cached slot
+        host = drafting_rows * self.host_seconds_per_row
+        return fixed + rows * new * (per_token + per_slot * window) + host
+
+
+def _matmul_parameters(model) -> int:
+    cached = getattr(model, "_rlvr_matmul_parameters", None)
+    if cached is None:
+        embed = model.model.embed_tokens.weight.numel()
+        cached = sum(p.numel() for p in model.parameters()) - embed
+        if getattr(model.config, "tie_word_embeddings", False):
+            cached += embed  # the tied matrix is also the output layer's
+        model._rlvr_matmul_parameters = cached
+    return cached
+
+
+@dataclass
+class DraftPolicy:
+    """Acceptance measured per kind of draft, and the per-step choice of how many drafted
+    tokens to verify (`choose`), from it and the modelled cost of a step (`StepCost`)."""
+
+    num_tokens: int
+    """The most tokens a row may draft per step."""
+    adaptive: bool = True
+    """Choose per step (False: always verify every draft, up to num_tokens)."""
+    cost: StepCost = field(default_factory=StepCost)
+    decay: float = 0.995
+    """Weight of older outcomes after each new one (an effective memory of ~200 drafts)."""
+    accepted: dict[int, float] = field(default_factory=dict)
+    rejected: dict[int, float] = field(default_factory=dict)
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
+    verify_steps: int = 0
+    steps: int = 0
+
+    def rate(self, kind: int) -> float:
+        """Probability that a drafted token of this kind is accepted, given the ones before it
+        were (a prior of 1 accepted in 2 before any outcome)."""
+        return (self.accepted.get(kind, 0.0) + 1.0) / (
+            self.accepted.get(kind, 0.0) + self.rejected.get(kind, 0.0) + 2.0
+        )
+
+    def observe(self, kind: int, draft: Sequence[int], came: Sequence[int]) -> None:
+        """Score a draft against the tokens that came after it, verified or not: each
+        leading match is an accepted token, a mismatch within what came is a rejection."""
+        n = min(len(draft), len(came))
+        matched = 0
+        while matched < n and draft[matched] == came[matched]:
+            matched += 1
+        a = self.accepted.get(kind, 0.0) * self.decay + matched
+        r = self.rejected.get(kind, 0.0) * self.decay + (1.0 if matched < n else 0.0)
+        self.accepted[kind], self.rejected[kind] = a, r
+
+    def choose(self, model, rows: int, window: int, drafts: list[tuple[int, int]]) -> int:
+        """How many drafted tokens each row verifies this step (0: a plain decode step).
+
+        rows: rows in the forward; window: cache slots in use; drafts: (length, kind) of
+        each drafting row's proposal."""
+        if not drafts:
+            return 0
+        longest = max(length for length, _ in drafts)
+        if not self.adaptive:
+            return longest
+        best_k, best = 0, rows / self.cost.seconds(model, rows, 1, window + 1, 0)
+        rates = [(length, self.rate(kind)) for length, kind in drafts]
+        for k in range(1, longest + 1):
+            expected = rows + sum(_expected_accepted(a, min(length, k)) for length, a in rates)
+            seconds = self.cost.seconds(model, rows, 1 + k, window + 1 + k, len(drafts))
+            if expected / seconds > best:
+                best_k, best = k, expected / seconds
+        return best_k
+
+
+def _expected_accepted(rate: float, length: int) -> float:
+    """Expected accepted tokens of a draft of `length` when each is accepted with
+    probability `rate` given the ones before it: rate + rate^2 + ... + rate^length."""
+    if rate >= 1.0 - 1e-9:
+        return float(length)
+    return rate * (1.0 - rate**length) / (1.0 - rate)
+
+
+@dataclass
+class Speculation:
+    """What an `Engine` drafts with (None on the Engine: no speculative decoding)."""
+
+    num_tokens: int = 4
+    """The most tokens drafted per row and step (sampler.speculate_tokens)."""
+    draft_model: torch.nn.Module | None = None
+    """A small model with the target's tokenizer that drafts greedily; None: drafts come
+    from the context (`ContextDrafter`)."""
+    history: DraftHistory | None = field(default_factory=DraftHistory)
+    """Completions kept across calls for context drafting (None: keep none)."""
+    adaptive: bool = True
+    """Decide per step whether verifying drafts pays (`DraftPolicy.choose`)."""
+    policy: DraftPolicy | None = None
+    """The acceptance measured so far (made on first use, kept across calls)."""
+
+    def __post_init__(self) -> None:
+        if self.num_tokens < 1:
+            raise ValueError(f"num_tokens must be at least 1, got {self.num_tokens}.")
+
+    def make_policy(self) -> DraftPolicy:
+        if self.policy is None:
+            self.policy = DraftPolicy(self.num_tokens, adaptive=self.adaptive)
+        return self.policy
