@@ -134,10 +134,7 @@ class _GroupIndex:
                 continue
             best: list[int] = []
             for where, i in reversed(places):  # newest first; the longest continuation wins
-                source = self.texts[where]
-                if where == key and i + max_tokens > len(text):
-                    continue  # overlaps the row's own suffix: it would draft itself
-                found = source[i : i + max_tokens]
+                found = self.texts[where][i : i + max_tokens]
                 if len(found) > len(best):
                     best = found
                 if len(best) == max_tokens:
