@@ -262,7 +262,9 @@ def test_logprobs_are_the_targets_full_forward(temperature):
 
 
 def natural_continuation(model, prompt, length=30) -> list[int]:
-    return Engine(model, PAD).generate([prompt], max_new_tokens=length, temperature=0.0)[0].token_ids
+    return (
+        Engine(model, PAD).generate([prompt], max_new_tokens=length, temperature=0.0)[0].token_ids
+    )
 
 
 def history_with(prompt, completion) -> DraftHistory:
@@ -384,17 +386,17 @@ def test_context_drafts_come_from_own_text_siblings_and_history():
     drafter = ContextDrafter(history)
     drafter.load([0, 1], [(0, 0), (0, 1)], [[1, 2], [1, 2]], 64)
     # Kept from an earlier call: what followed "1 2" there (a 2-token match).
-    assert drafter.propose_all([0], [(0, 0)], [3]) == [([7, 8, 9], 2)]
+    assert drafter.propose_all([0], [(0, 0)], [3]) == [([7, 8, 9], ("kept", 2))]
     # A sibling that went on differently is newer: "1 2 7" drafts what followed it there.
     drafter.extend(1, (0, 1), [7, 5, 6, 7, 3])
     drafter.extend(0, (0, 0), [7])
-    assert drafter.propose_all([0], [(0, 0)], [2]) == [([5, 6], 3)]
+    assert drafter.propose_all([0], [(0, 0)], [2]) == [([5, 6], ("sibling", 3))]
     # Its own text: the longest suffix that occurred before ("5 5", then just "5").
     drafter.extend(0, (0, 0), [5, 5, 5, 4])
-    assert drafter.propose_all([0], [(0, 0)], [3]) == [([], 0)]  # "4" never came before
+    assert drafter.propose_all([0], [(0, 0)], [3]) == [([], None)]  # "4" never came before
     drafter.extend(0, (0, 0), [5, 5])
-    assert drafter.propose_all([0], [(0, 0)], [3]) == [([4, 5, 5], 2)]  # the newest "5 5"
-    assert drafter.propose_all([0], [(0, 0)], [0]) == [([], 0)]
+    assert drafter.propose_all([0], [(0, 0)], [3]) == [([4, 5, 5], ("own", 2))]  # newest "5 5"
+    assert drafter.propose_all([0], [(0, 0)], [0]) == [([], None)]
     drafter.finish(0, (0, 0), [1, 2], [7], last_of_group=False)
     drafter.finish(1, (0, 1), [1, 2], [7, 5], last_of_group=True)
     assert history.get([1, 2])[-2:] == [[7], [7, 5]] and not drafter.groups
@@ -403,15 +405,24 @@ def test_context_drafts_come_from_own_text_siblings_and_history():
 def test_the_policy_drafts_when_it_pays_and_not_when_it_does_not():
     model = peaked_model(0, vocab=12)
     policy = DraftPolicy(num_tokens=4)
-    for _ in range(300):  # drafts of kind 3 come true, of kind 1 never
-        policy.observe(3, [1, 2, 3, 4], [1, 2, 3, 4, 5])
-        policy.observe(1, [1, 2, 3, 4], [9])
-    assert policy.rate(3) > 0.95 and policy.rate(1) < 0.05
-    assert policy.choose(model, rows=8, window=40, drafts=[(4, 3)] * 8) == 4
-    assert policy.choose(model, rows=8, window=40, drafts=[(4, 1)] * 8) == 0
-    # Many rows: a step's matmuls are busy, so only a near-certain draft pays for its tokens.
-    few = policy.choose(model, rows=512, window=40, drafts=[(4, 1)] * 512)
-    assert few == 0
+    good, bad = ("sibling", 3), ("own", 1)
+    for _ in range(300):  # drafts of one kind come true, of the other never
+        policy.observe(good, [1, 2, 3, 4], [1, 2, 3, 4, 5])
+        policy.observe(bad, [1, 2, 3, 4], [9])
+    assert policy.rate(good) > 0.95 and policy.rate(bad) < 0.05
+    assert policy.choose(model, rows=8, drafts=[(4, good)] * 8) == 4
+    assert policy.choose(model, rows=8, drafts=[(4, bad)] * 8) == 0
+    # Many rows: the matmuls are busy, and a few good drafts do not pay for every row's tokens.
+    assert policy.choose(model, rows=512, drafts=[(4, good)] * 8 + [(4, bad)] * 504) == 0
+    # While drafting does not pay, drafts are proposed on every PROBE_EVERY-th step only.
+    for _ in range(50):
+        policy.choose(model, rows=8, drafts=[(4, bad)] * 8)
+    assert [policy.proposing(step) for step in range(1, 17)].count(True) == 2
+    # A call whose gain did not pay for the rows loop sends the next calls to the batch
+    # engine, except every PROBE_EVERY-th.
+    policy.end_call(8)
+    assert [policy.use_rows_loop(8) for _ in range(16)].count(True) == 2
+    assert policy.use_rows_loop(64)  # (never measured at 64 rows: try)
 
 
 def test_history_keeps_the_newest_completions_of_the_newest_prompts():

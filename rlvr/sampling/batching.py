@@ -57,7 +57,7 @@ class _Row:
     logprobs: list[float] = field(default_factory=list)
     draft: list[int] = field(default_factory=list)
     """What the drafter proposed for the coming positions, and its kind (for the policy)."""
-    kind: int = 0
+    kind: object = None
 
     @property
     def key(self) -> tuple[int, int]:
@@ -80,8 +80,13 @@ class LoopStats:
     """What a rows loop did: forwards, tokens and drafts (for benchmarks and metrics)."""
 
     forwards: int = 0
+    """Forwards of the rows (prefills not counted)."""
+    row_steps: int = 0
+    """Sum over those forwards of the rows that were decoding."""
     verify_forwards: int = 0
     """Forwards that verified at least one drafted token."""
+    verify_rows: int = 0
+    """Sum over those forwards of the rows that had a draft."""
     new_tokens: int = 0
     drafted: int = 0
     """Drafted tokens fed to the target."""
@@ -128,6 +133,8 @@ class RowsLoop:
             else:
                 self.drafter = ContextDrafter(speculation.history)
         self.stats = LoopStats()
+        self.steps = 0
+        self.max_rows = max_rows
 
         self.rows: list[_Row | None] = [None] * max_rows
         self.cache = KVCache.create(model, max_rows, 1)
@@ -148,45 +155,61 @@ class RowsLoop:
             yield from self._step()
             yield from self._admit()
             self._compact()
+        if self.policy is not None:
+            self.policy.end_call(self.max_rows)
 
     def _step(self) -> list[Completion]:
         """One forward of every row's last token and draft; emit what it accepts."""
         active = [i for i, row in enumerate(self.rows) if row is not None]
         k = self._plan(active)
         T = 1 + k
-        ids = torch.full((len(self.rows), T), self.pad_id, dtype=torch.long)
+        table = [[self.pad_id] * T for _ in self.rows]  # (B, T): last token, draft, padding
+        drafts = []
         for i in active:
             row = self.rows[i]
-            ids[i, 0] = row.tokens[-1]
             draft = row.draft[:k]
-            ids[i, 1 : 1 + len(draft)] = torch.tensor(draft, dtype=torch.long)
-        ids = ids.to(self.device)
-        positions = self.cache.ends[:, None] + torch.arange(T, device=self.device)
+            table[i][0] = row.tokens[-1]
+            table[i][1 : 1 + len(draft)] = draft
+            drafts.append(draft)
+        ids = torch.tensor(table, device=self.device)
+        positions = self.cache.ends[:, None]  # a token's slot is its position
+        if T > 1:
+            positions = positions + torch.arange(T, device=self.device)
         logits = self.model(ids, position_ids=positions, cache=self.cache)  # (B, T, V)
         self.stats.forwards += 1
-        index = torch.tensor(active, device=self.device)
-        drafts = ids[index, 1:].clone()
-        for j, i in enumerate(active):
-            drafts[j, len(self.rows[i].draft[:k]) :] = -1
-        accepted, emitted = self._verify(active, logits.index_select(0, index), drafts)
-        counts = [0] * len(self.rows)
-        for i, a in zip(active, accepted):
-            counts[i] = 1 + a
-        self.cache.keep(counts)
+        self.stats.row_steps += len(active)
+        if len(active) < len(self.rows):
+            logits = logits.index_select(0, torch.tensor(active, device=self.device))
+        padded = [d + [-1] * (k - len(d)) for d in drafts]  # -1: nothing drafted there
+        draft_ids = torch.tensor(padded, dtype=torch.long, device=self.device).view(len(active), k)
+        accepted, emitted = self._verify(active, logits, draft_ids)
+        if T > 1 or len(active) < len(self.rows):  # take back rejected drafts and free rows
+            counts = [0] * len(self.rows)
+            for i, a in zip(active, accepted):
+                counts[i] = 1 + a
+            self.cache.keep(counts)
         if k:
             self.stats.verify_forwards += 1
-        return self._emit(active, emitted, [self.rows[i].draft[:k] for i in active])
+            self.stats.verify_rows += sum(1 for draft in drafts if draft)
+        return self._emit(active, emitted, drafts)
 
     def _plan(self, active: list[int]) -> int:
         """Propose drafts for the active rows; return how many tokens each verifies."""
         if self.drafter is None:
+            return 0
+        self.steps += 1
+        if not self.policy.proposing(self.steps):
+            for i in active:
+                self.rows[i].draft = []
             return 0
         room = min(self.cache.max_len, self.model.config.max_position_embeddings)
         room -= self.cache.length + 1  # slots left after every row's last token
         limits = []
         for i in active:
             row = self.rows[i]
-            limits.append(max(0, min(self.num_draft, self.max_new_tokens - len(row.tokens) - 1, room)))
+            limits.append(
+                max(0, min(self.num_draft, self.max_new_tokens - len(row.tokens) - 1, room))
+            )
         keys = [self.rows[i].key for i in active]
         proposals = self.drafter.propose_all(active, keys, limits)
         drafting = []
@@ -195,33 +218,35 @@ class RowsLoop:
             row.draft, row.kind = draft, kind
             if draft:
                 drafting.append((len(draft), kind))
-        self.policy.steps += 1
-        k = self.policy.choose(self.model, len(self.rows), self.cache.length, drafting)
-        if k:
-            self.policy.verify_steps += 1
-        return k
+        return self.policy.choose(self.model, len(self.rows), drafting)
 
     def _verify(self, active: list[int], logits: torch.Tensor, drafts: torch.Tensor):
-        """Accepted drafts per row and the tokens each row emits, with their logprobs."""
+        """Accepted drafts per row and what each row emits: per row (tokens, logprobs,
+        accepted) at its T positions. logits (R, T, V) of the rows `active`."""
         R, T, V = logits.shape
         flat = logits.reshape(R * T, V)
-        start = torch.tensor([len(self.rows[i].tokens) for i in active])  # position of t=0
-        where = start[:, None] + torch.arange(T)  # (R, T) completion index of each position
+        where = None  # (R, T) completion index of each position, when needed
         ban_rows = None
-        if len(self.stop_tensor) and self.min_new_tokens > 0:
-            ban_rows = (where < self.min_new_tokens).reshape(-1).to(self.device)
+        if self.min_new_tokens > 0 and len(self.stop_tensor):
+            starts = [len(self.rows[i].tokens) for i in active]
+            where = torch.tensor(starts)[:, None] + torch.arange(T)
+            if min(starts) < self.min_new_tokens:
+                ban_rows = (where < self.min_new_tokens).reshape(-1).to(self.device)
         banned = self.stop_tensor if ban_rows is not None else None
         if self.temperature == 0:
-            truncated, uniforms = allowed_logits(flat, banned, ban_rows), None
-            logp = None
+            truncated, uniforms, logp = allowed_logits(flat, banned, ban_rows), None, None
         else:
             logp = tempered_logprobs(flat, self.temperature)
             truncated = truncate(logp, self.top_k, self.top_p, banned, ban_rows)
+            if where is None:
+                where = torch.tensor([len(self.rows[i].tokens) for i in active])[:, None]
+                where = where + torch.arange(T)
             cols = where.clamp(max=self.max_new_tokens - 1)
             uniforms = self.uniforms[torch.tensor(active)[:, None], cols].to(self.device)
         accepted, tokens = speculative.verify(truncated.view(R, T, V), drafts, uniforms)
         logprobs = self._logprobs(flat, logp, tokens.reshape(-1)).view(R, T)
-        return accepted.tolist(), list(zip(tokens.tolist(), logprobs.tolist(), accepted.tolist()))
+        accepted = accepted.tolist() if T > 1 else [0] * R
+        return accepted, list(zip(tokens.tolist(), logprobs.tolist(), accepted))
 
     def _logprobs(self, flat: torch.Tensor, logp: torch.Tensor | None, tokens: torch.Tensor):
         """Logprob of each token under softmax(logits / temperature) (raw logits when greedy),
@@ -297,11 +322,12 @@ class RowsLoop:
             if not self.waiting:
                 return done
             take = [self.waiting.popleft() for _ in range(min(len(free), len(self.waiting)))]
-            self._prefill({p for p, _ in take if p not in self.prefilled})
+            if any(p not in self.prefilled for p, _ in take):
+                self._prefill_ahead([p for p, _ in take])
             rows = free[: len(take)]
             logits = self._load(rows, take)[:, None]  # (n, 1, V)
             no_drafts = torch.empty((len(rows), 0), dtype=torch.long, device=self.device)
-            accepted, emitted = self._verify(rows, logits, no_drafts)
+            _, emitted = self._verify(rows, logits, no_drafts)
             done += self._emit(rows, emitted, [[] for _ in rows])
 
     def _read_prompt(self) -> None:
@@ -325,11 +351,22 @@ class RowsLoop:
         self.unfinished[index] = self.num_samples
         self.waiting.extend((index, s) for s in range(self.num_samples))
 
-    def _prefill(self, new: set[int]) -> None:
-        """One forward over the new prompts, right-padded; keep their caches and logits."""
-        if not new:
-            return
-        order = sorted(new)
+    def _prefill_ahead(self, taken: list[int]) -> None:
+        """Prefill the taken prompts not prefilled yet, with the next waiting ones (read from
+        the stream if need be) up to the prompts that fill max_rows rows: one prefill forward
+        per batch of prompts, not per free row."""
+        batch = max(1, len(self.rows) // self.num_samples)
+        new = list(dict.fromkeys(p for p in taken if p not in self.prefilled))
+        while len(new) < batch:
+            ahead = [p for p, _ in self.waiting if p not in self.prefilled and p not in new]
+            new += list(dict.fromkeys(ahead))[: batch - len(new)]
+            if len(new) >= batch or self.exhausted:
+                break
+            self._read_prompt()
+        self._prefill(new)
+
+    def _prefill(self, order: list[int]) -> None:
+        """One forward over these prompts, right-padded; keep their caches and logits."""
         lengths = [len(self.prompt_tokens[p]) for p in order]
         width = max(lengths)
         ids = torch.full((len(order), width), self.pad_id, dtype=torch.long)

@@ -51,34 +51,48 @@ class Engine:
     """Samples completions from a `Transformer`; prompts and outputs are token id lists."""
 
     def __init__(self, model: Transformer, pad_id: int, decode: str = "auto",
-                 speculation: Speculation | None = None):  # fmt: skip
+                 speculation: Speculation | None = None,
+                 continuous_batching: bool = True):  # fmt: skip
         """decode: "auto" (a CUDA graph for rlvr's model on a GPU; "eager" otherwise and
         under autocast, see docs/gpu.md), "eager" (one
         forward per step, finished rows dropped), or "static" (the fixed-shape step a graph
         replays, run without one: on any device, for tests).
 
         speculation: draft tokens and verify them (rlvr/sampling/speculative.py); None: one
-        token per row and step. Speculation, `max_rows` (continuous batching) and a model
-        with batch-invariant kernels decode in the rows loop (rlvr/sampling/batching.py),
-        eagerly; they need rlvr's model class (a transformers model behind rlvr.hf.HFModel
-        decodes a batch at a time, one token per step)."""
+        token per row and step.
+        continuous_batching: how `generate` decodes more rows than `max_rows`: in the rows
+        loop, a finished completion's row taken by the next waiting sample (True), or a
+        batch of prompts at a time (False).
+        Speculation, continuous batching and a model with batch-invariant kernels decode in
+        the rows loop (rlvr/sampling/batching.py), eagerly; they need rlvr's model class (a
+        transformers model behind rlvr.hf.HFModel decodes a batch at a time, one token per
+        step)."""
         if decode not in ("auto", "eager", "static"):
             raise ValueError(f"decode {decode!r} is not one of auto, eager, static.")
         self.model = model
         self.pad_id = pad_id
         self.decode = decode
         self.speculation = speculation
+        self.continuous_batching = continuous_batching
         self.stats = None
         """The last rows loop's `LoopStats` (forwards, drafted and accepted tokens)."""
 
+    @property
+    def streams(self) -> bool:
+        """Whether `stream` (the rows loop) can decode this model: rlvr's model class."""
+        return isinstance(self.model, Transformer)
+
     def uses_rows_loop(self, num_rows: int, max_rows: int = 0) -> bool:
-        """Whether `generate` with this many rows and max_rows decodes in the rows loop."""
-        if not isinstance(self.model, Transformer):
+        """Whether `generate` with this many rows and max_rows decodes in the rows loop:
+        for continuous batching and batch-invariant kernels always; for speculation alone
+        when its policy expects drafting to pay at this many rows
+        (`DraftPolicy.use_rows_loop`: the batch engine's plain steps are cheaper)."""
+        if not self.streams:
             return False
-        return (
-            self.speculation is not None
-            or self.model.batch_invariant
-            or 0 < max_rows < num_rows
+        if self.model.batch_invariant or (self.continuous_batching and 0 < max_rows < num_rows):
+            return True
+        return self.speculation is not None and self.speculation.make_policy().use_rows_loop(
+            num_rows
         )
 
     def stream(
@@ -101,7 +115,7 @@ class Engine:
         batching, with this engine's speculation. Arguments as for `generate`."""
         from rlvr.sampling.batching import RowsLoop  # (batching imports this module)
 
-        if not isinstance(self.model, Transformer):
+        if not self.streams:
             raise ValueError("The rows loop needs rlvr's model class, not a transformers model.")
         if num_samples < 1 or max_new_tokens < 1 or max_rows < 1:
             raise ValueError("num_samples, max_new_tokens and max_rows must be at least 1.")
@@ -146,9 +160,10 @@ class Engine:
         `on_complete(completion)` is called as each one finishes, while the others are still
         decoding (the rollout starts verifying there).
 
-        max_rows: decode at most this many rows at a time (0: all of them), by continuous
-        batching (`stream`): a finished row takes the next waiting sample. With speculation
-        or batch-invariant kernels every call goes through `stream`.
+        max_rows: decode at most this many rows at a time (0: all of them): by continuous
+        batching (`stream`, a finished row takes the next waiting sample) or a batch of
+        max_rows // num_samples prompts at a time (continuous_batching=False). With
+        speculation or batch-invariant kernels every call goes through `stream`.
         """
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("generate needs at least one prompt, and every prompt needs a token.")
@@ -166,7 +181,16 @@ class Engine:
                     on_complete(completion)
                 completions.append(completion)
             return sorted(completions, key=lambda c: (c.prompt_index, c.sample_index))
-        if 0 < max_rows < num_rows:  # (a transformers model) a batch of prompts at a time
+        if self.speculation is not None and self.speculation.history is not None:
+            # (decoded without drafting: kept all the same, for the calls that will draft)
+            history, user = self.speculation.history, on_complete
+
+            def on_complete(c: Completion) -> None:
+                history.add(prompts[c.prompt_index], c.token_ids)
+                if user is not None:
+                    user(c)
+
+        if 0 < max_rows < num_rows:  # a batch of prompts at a time
             per_call = max(1, max_rows // num_samples)
             completions = []
             for first in range(0, len(prompts), per_call):
@@ -369,6 +393,7 @@ class KVCache:
         self.ends: torch.Tensor | None = None
         self.ends_list: list[int] = []
         self._new_slots: torch.Tensor | None = None  # (B, T) slots of the tokens being written
+        self._new_index: torch.Tensor | None = None  # the same, expanded like a layer's keys
 
     @classmethod
     def create(
@@ -410,10 +435,10 @@ class KVCache:
             return keys, values
         start, end = self.length, self.length + k.shape[2]
         if self.ends is not None:  # rows: token t of row b goes to slot ends[b] + t
-            B, heads, T, width = k.shape
-            index = self._new_slots[:, None, :, None].expand(B, heads, T, width)
-            keys.scatter_(2, index, k.to(keys.dtype))
-            values.scatter_(2, index, v.to(values.dtype))
+            if self._new_index is None or self._new_index.shape != k.shape:
+                self._new_index = self._new_slots[:, None, :, None].expand(k.shape)
+            keys.scatter_(2, self._new_index, k.to(keys.dtype))
+            values.scatter_(2, self._new_index, v.to(values.dtype))
         else:
             keys.narrow(2, start, end - start).copy_(k)
             values.narrow(2, start, end - start).copy_(v)
@@ -437,8 +462,10 @@ class KVCache:
             query = torch.arange(start, end, device=device)[:, None]  # (T, 1)
             future = torch.arange(end, device=device) > query  # (T, end)
             return bias.masked_fill(future, float("-inf"))  # (B, 1, T, end)
-        slots = self.ends[:, None] + torch.arange(num_new, device=device)  # (B, T)
-        self._new_slots = slots
+        slots = self.ends[:, None]  # (B, T)
+        if num_new > 1:
+            slots = slots + torch.arange(num_new, device=device)
+        self._new_slots, self._new_index = slots, None
         self.mask.scatter_(1, slots, True)
         self.bias.scatter_(1, slots, 0.0)
         self.ends = self.ends + num_new
@@ -463,7 +490,11 @@ class KVCache:
         kept = torch.tensor(counts, device=slots.device)
         keep = torch.arange(T, device=slots.device) < kept[:, None]  # (B, T)
         self.mask.scatter_(1, slots, keep)
-        self.bias.scatter_(1, slots, torch.zeros_like(keep, dtype=self.bias.dtype).masked_fill_(~keep, float("-inf")))
+        self.bias.scatter_(
+            1,
+            slots,
+            torch.zeros_like(keep, dtype=self.bias.dtype).masked_fill_(~keep, float("-inf")),
+        )
         self.ends = self.ends - T + kept
         self.ends_list = [e - T + c for e, c in zip(self.ends_list, counts)]
         self.length = max(self.ends_list, default=0)

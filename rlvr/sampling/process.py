@@ -122,6 +122,7 @@ def _sampler_main(spec: dict, weights: SharedWeights, commands, results) -> None
         torch.set_num_threads(cfg.sampler.threads)
         k, task = cfg.grpo.max_staleness, spec["task"]
         model = Transformer(spec["model_config"]).eval().requires_grad_(False)
+        model.batch_invariant = cfg.sampler.exact_logprobs
         with open_pool(cfg.reward, preload=(type(task).__module__,)) as pool:
             scorer = Scorer(task, cfg.reward, cfg.grpo.max_new_tokens, pool,
                             system_prompt=spec["system_prompt"])  # fmt: skip

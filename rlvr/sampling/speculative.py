@@ -104,44 +104,58 @@ class DraftHistory:
 
 class _GroupIndex:
     """Every n-gram (1..MAX_NGRAM tokens) of a group's texts (the samples of one prompt and
-    its kept completions), mapped to where it occurred with a continuation after it."""
+    its kept completions), mapped to where it occurred with a continuation after it. Texts
+    are indexed when a draft is asked for (steps that do not draft pay nothing)."""
 
     def __init__(self) -> None:
         self.texts: dict[object, list[int]] = {}
+        self.indexed: dict[object, int] = {}  # positions of each text indexed so far
+        self.unindexed: dict[object, None] = {}  # texts with new tokens, in order
         self.where: dict[tuple[int, ...], list[tuple[object, int]]] = {}
 
     def add_text(self, key: object, tokens: Sequence[int]) -> None:
-        self.texts[key] = []
-        self.extend(key, tokens)
+        self.texts[key] = list(tokens)
+        self.indexed[key] = 1  # (position 0 has no n-gram before it)
+        self.unindexed[key] = None
 
     def extend(self, key: object, tokens: Sequence[int]) -> None:
-        text = self.texts[key]
-        for token in tokens:
-            text.append(token)
-            i = len(text) - 1  # position with a continuation now: register what ends there
-            for n in range(1, min(MAX_NGRAM, i) + 1):
-                places = self.where.setdefault(tuple(text[i - n : i]), [])
-                places.append((key, i))
-                if len(places) > CANDIDATES_PER_NGRAM:
-                    del places[0]
+        self.texts[key] += tokens
+        self.unindexed[key] = None
 
-    def propose(self, key: object, max_tokens: int) -> tuple[list[int], int]:
-        """The draft for text `key`: (tokens, length of the suffix matched), ([], 0) if none."""
+    def _catch_up(self) -> None:
+        for key in self.unindexed:
+            text = self.texts[key]
+            start = self.indexed[key]
+            for i in range(start, len(text)):  # position i has a continuation: register
+                for n in range(1, min(MAX_NGRAM, i) + 1):  # the n-grams that end before it
+                    places = self.where.setdefault(tuple(text[i - n : i]), [])
+                    places.append((key, i))
+                    if len(places) > CANDIDATES_PER_NGRAM:
+                        del places[0]
+            self.indexed[key] = max(start, len(text))
+        self.unindexed.clear()
+
+    def propose(self, key: object, max_tokens: int) -> tuple[list[int], object]:
+        """The draft for text `key` and its kind: (source, length of the suffix matched),
+        source "own", "sibling" or "kept"; ([], None) if nothing matched."""
+        self._catch_up()
         text = self.texts[key]
         for n in range(min(MAX_NGRAM, len(text)), 0, -1):
             places = self.where.get(tuple(text[-n:]))
             if not places:
                 continue
             best: list[int] = []
+            source: object = None
             for where, i in reversed(places):  # newest first; the longest continuation wins
                 found = self.texts[where][i : i + max_tokens]
                 if len(found) > len(best):
-                    best = found
+                    best, source = found, where
                 if len(best) == max_tokens:
                     break
             if best:
-                return best, n
-        return [], 0
+                kind = "own" if source == key else "kept" if source[0] == "kept" else "sibling"
+                return best, (kind, n)
+        return [], None
 
 
 class ContextDrafter:
@@ -169,9 +183,9 @@ class ContextDrafter:
 
     def propose_all(self, rows: list[int], keys: list[tuple[int, int]],
                     limits: list[int]) -> list[tuple[list[int], int]]:  # fmt: skip
-        """Per row (draft tokens, kind): kind is the length of the matched suffix."""
+        """Per row (draft tokens, kind): kind is (source, length of the matched suffix)."""
         return [
-            self.groups[key[0]].propose(key, limit) if limit > 0 else ([], 0)
+            self.groups[key[0]].propose(key, limit) if limit > 0 else ([], None)
             for key, limit in zip(keys, limits)
         ]
 
@@ -193,8 +207,8 @@ class ModelDrafter:
     row emitted since, then drafts token by token, then takes the drafted tokens back (the
     accepted ones come again as emitted tokens)."""
 
-    KIND = -1
-    """The kind of its drafts for `DraftPolicy` (context drafts have kinds 1..MAX_NGRAM)."""
+    KIND = ("model", 0)
+    """The kind of its drafts for `DraftPolicy`."""
 
     def __init__(self, model, pad_id: int) -> None:
         self.model, self.pad_id = model, pad_id
@@ -269,29 +283,26 @@ class ModelDrafter:
 
 @dataclass
 class StepCost:
-    """Modelled seconds of one forward of the target over `rows` rows of `new` tokens each,
-    with `window` cache slots: fixed + rows * new * (per_token + per_slot * window), plus
-    `per_row` of host work per row that drafts. Deterministic on purpose: the decision to
+    """Modelled seconds of one forward of the target over `rows` rows of `new` tokens each:
+    fixed + rows * (first + (new - 1) * per_token). Deterministic on purpose: the decision to
     draft must not depend on a clock, or the same seed would not give the same forwards.
 
-    The defaults are for rlvr's model on a CPU, measured with benchmarks/speculative.py
-    --calibrate (an EPYC core, fp32) and expressed per parameter so they scale with the
-    model: a step pays ~`op_seconds` per small op (~30 per layer), and a token 2 FLOPs per
-    parameter at `flops` per second."""
+    The defaults are for rlvr's model on a CPU core in float32, measured with
+    benchmarks/speculative.py --calibrate and expressed per layer and parameter so that they
+    scale with the model: a forward pays `op_seconds` for each of its ~30 small ops per
+    layer, a token 2 FLOPs per parameter at `flops` per second, and the first token of a row
+    `first_token` times that (its attention over the cache and the row's own work)."""
 
-    op_seconds: float = 6e-6
+    op_seconds: float = 8e-6
     ops_per_layer: int = 30
     flops: float = 6e10
-    host_seconds_per_row: float = 8e-6
+    first_token: float = 2.0
 
-    def seconds(self, model, rows: int, new: int, window: int, drafting_rows: int) -> float:
-        config = model.config
-        layers, hidden = config.num_hidden_layers, config.hidden_size
+    def seconds(self, model, rows: int, new: int) -> float:
+        layers = model.config.num_hidden_layers
         fixed = layers * self.ops_per_layer * self.op_seconds
         per_token = 2.0 * _matmul_parameters(model) / self.flops
-        per_slot = 4.0 * layers * hidden / self.flops  # q.k and p.v over one cached slot
-        host = drafting_rows * self.host_seconds_per_row
-        return fixed + rows * new * (per_token + per_slot * window) + host
+        return fixed + rows * per_token * (self.first_token + new - 1)
 
 
 def _matmul_parameters(model) -> int:
@@ -303,6 +314,17 @@ def _matmul_parameters(model) -> int:
             cached += embed  # the tied matrix is also the output layer's
         model._rlvr_matmul_parameters = cached
     return cached
+
+
+PROBE_EVERY = 8
+"""While drafting does not pay, drafts are still proposed (and scored against the tokens that
+come) every PROBE_EVERY-th step, and the rows loop still runs every PROBE_EVERY-th call."""
+PAYS = 1.02
+"""Expected speed-up of a step below which drafting is said not to pay (proposals then cost
+their host time for nothing)."""
+ROWS_LOOP_PAYS = 1.2
+"""Expected speed-up a call must show for speculation to run it in the rows loop rather than
+the batch engine (whose plain steps are cheaper: no per-row bookkeeping)."""
 
 
 @dataclass
@@ -317,21 +339,22 @@ class DraftPolicy:
     cost: StepCost = field(default_factory=StepCost)
     decay: float = 0.995
     """Weight of older outcomes after each new one (an effective memory of ~200 drafts)."""
-    accepted: dict[int, float] = field(default_factory=dict)
-    rejected: dict[int, float] = field(default_factory=dict)
-    drafted_tokens: int = 0
-    accepted_tokens: int = 0
-    verify_steps: int = 0
-    steps: int = 0
+    accepted: dict = field(default_factory=dict)
+    rejected: dict = field(default_factory=dict)
+    gain: float = 2.0
+    """Moving average of the expected speed-up of the steps that proposed drafts (optimistic
+    at first, so the first steps try)."""
+    call_gain: dict = field(default_factory=dict)
+    """The gain at the end of the last rows-loop call, by rows (rounded up to a power of 2)."""
+    calls_since_probe: dict = field(default_factory=dict)
 
-    def rate(self, kind: int) -> float:
+    def rate(self, kind: object) -> float:
         """Probability that a drafted token of this kind is accepted, given the ones before it
         were (a prior of 1 accepted in 2 before any outcome)."""
-        return (self.accepted.get(kind, 0.0) + 1.0) / (
-            self.accepted.get(kind, 0.0) + self.rejected.get(kind, 0.0) + 2.0
-        )
+        a, r = self.accepted.get(kind, 0.0), self.rejected.get(kind, 0.0)
+        return (a + 1.0) / (a + r + 2.0)
 
-    def observe(self, kind: int, draft: Sequence[int], came: Sequence[int]) -> None:
+    def observe(self, kind: object, draft: Sequence[int], came: Sequence[int]) -> None:
         """Score a draft against the tokens that came after it, verified or not: each
         leading match is an accepted token, a mismatch within what came is a rejection."""
         n = min(len(draft), len(came))
@@ -342,24 +365,56 @@ class DraftPolicy:
         r = self.rejected.get(kind, 0.0) * self.decay + (1.0 if matched < n else 0.0)
         self.accepted[kind], self.rejected[kind] = a, r
 
-    def choose(self, model, rows: int, window: int, drafts: list[tuple[int, int]]) -> int:
+    def proposing(self, step: int) -> bool:
+        """Whether to propose drafts at this step of a call: always while drafting pays,
+        else every PROBE_EVERY-th step (to keep measuring)."""
+        return not self.adaptive or self.gain >= PAYS or step % PROBE_EVERY == 0
+
+    def choose(self, model, rows: int, drafts: list[tuple[int, object]]) -> int:
         """How many drafted tokens each row verifies this step (0: a plain decode step).
 
-        rows: rows in the forward; window: cache slots in use; drafts: (length, kind) of
-        each drafting row's proposal."""
+        rows: rows in the forward; drafts: (length, kind) of each drafting row's proposal.
+        Every row's forward takes the same number of tokens, so a step verifies k tokens of
+        every draft: the k that gives the most expected tokens per modelled second."""
         if not drafts:
+            self.gain = 0.9 * self.gain + 0.1
             return 0
         longest = max(length for length, _ in drafts)
         if not self.adaptive:
             return longest
-        best_k, best = 0, rows / self.cost.seconds(model, rows, 1, window + 1, 0)
-        rates = [(length, self.rate(kind)) for length, kind in drafts]
+        groups: dict[tuple[int, float], int] = {}
+        for length, kind in drafts:
+            key = (length, self.rate(kind))
+            groups[key] = groups.get(key, 0) + 1
+        plain = rows / self.cost.seconds(model, rows, 1)
+        best_k, best = 0, plain
         for k in range(1, longest + 1):
-            expected = rows + sum(_expected_accepted(a, min(length, k)) for length, a in rates)
-            seconds = self.cost.seconds(model, rows, 1 + k, window + 1 + k, len(drafts))
-            if expected / seconds > best:
-                best_k, best = k, expected / seconds
+            expected = rows + sum(
+                count * _expected_accepted(rate, min(length, k))
+                for (length, rate), count in groups.items()
+            )
+            speed = expected / self.cost.seconds(model, rows, 1 + k)
+            if speed > best:
+                best_k, best = k, speed
+        self.gain = 0.9 * self.gain + 0.1 * best / plain
         return best_k
+
+    def use_rows_loop(self, rows: int) -> bool:
+        """Whether a call of this many rows, which the batch engine could decode, should go
+        through the rows loop to draft: if its last such call showed a gain worth the loop's
+        bookkeeping, and every PROBE_EVERY-th call anyway (deterministic: no clock)."""
+        if not self.adaptive:
+            return True
+        bucket = 1 << max(0, rows - 1).bit_length()
+        if bucket not in self.call_gain:
+            return True
+        since = self.calls_since_probe.get(bucket, 0) + 1
+        self.calls_since_probe[bucket] = since % PROBE_EVERY
+        return since % PROBE_EVERY == 0 or self.call_gain[bucket] >= ROWS_LOOP_PAYS
+
+    def end_call(self, rows: int) -> None:
+        """A rows-loop call of this many rows ended: remember its gain for `use_rows_loop`."""
+        self.call_gain[1 << max(0, rows - 1).bit_length()] = self.gain
 
 
 def _expected_accepted(rate: float, length: int) -> float:
