@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--problems", type=int, default=500)
-    parser.add_argument("--batches", type=int, default=4)
+    parser.add_argument("--batches", type=int, default=16)
     parser.add_argument("--rows", default="8,16,64")
     parser.add_argument("--tokens", type=int, default=4, help="sampler.speculate_tokens")
     parser.add_argument("--clock", choices=["wall", "process"], default="wall")

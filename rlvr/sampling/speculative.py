@@ -283,9 +283,11 @@ class ModelDrafter:
 
 @dataclass
 class StepCost:
-    """Modelled seconds of one forward of the target over `rows` rows of `new` tokens each:
-    fixed + rows * (first + (new - 1) * per_token). Deterministic on purpose: the decision to
-    draft must not depend on a clock, or the same seed would not give the same forwards.
+    """Modelled seconds of one step of the target over `rows` rows of `new` tokens each:
+    fixed + rows * (first + (new - 1) * per_token), plus the host's bookkeeping per row of a
+    step that verifies drafts (a wider verify, the cache taking back rejected slots, several
+    tokens to emit). Deterministic on purpose: the decision to draft must not depend on a
+    clock, or the same seed would not give the same forwards.
 
     The defaults are for rlvr's model on a CPU core in float32, measured with
     benchmarks/speculative.py --calibrate and expressed per layer and parameter so that they
@@ -297,12 +299,14 @@ class StepCost:
     ops_per_layer: int = 30
     flops: float = 6e10
     first_token: float = 2.0
+    host_seconds_per_row: float = 2.5e-5
 
     def seconds(self, model, rows: int, new: int) -> float:
         layers = model.config.num_hidden_layers
         fixed = layers * self.ops_per_layer * self.op_seconds
         per_token = 2.0 * _matmul_parameters(model) / self.flops
-        return fixed + rows * per_token * (self.first_token + new - 1)
+        host = rows * self.host_seconds_per_row if new > 1 else 0.0
+        return fixed + rows * per_token * (self.first_token + new - 1) + host
 
 
 def _matmul_parameters(model) -> int:
@@ -341,18 +345,18 @@ class DraftPolicy:
     """Weight of older outcomes after each new one (an effective memory of ~200 drafts)."""
     accepted: dict = field(default_factory=dict)
     rejected: dict = field(default_factory=dict)
-    gain: float = 2.0
-    """Moving average of the expected speed-up of the steps that proposed drafts (optimistic
-    at first, so the first steps try)."""
+    gain: float = 1.05
+    """Moving average of the expected speed-up of the steps that proposed drafts (a little
+    above PAYS at first, so the first steps try)."""
     call_gain: dict = field(default_factory=dict)
     """The gain at the end of the last rows-loop call, by rows (rounded up to a power of 2)."""
     calls_since_probe: dict = field(default_factory=dict)
 
     def rate(self, kind: object) -> float:
         """Probability that a drafted token of this kind is accepted, given the ones before it
-        were (a prior of 1 accepted in 2 before any outcome)."""
+        were (a prior of 1 accepted in 4 before any outcome: most kinds of draft fail)."""
         a, r = self.accepted.get(kind, 0.0), self.rejected.get(kind, 0.0)
-        return (a + 1.0) / (a + r + 2.0)
+        return (a + 1.0) / (a + r + 4.0)
 
     def observe(self, kind: object, draft: Sequence[int], came: Sequence[int]) -> None:
         """Score a draft against the tokens that came after it, verified or not: each
