@@ -18,7 +18,10 @@ by repeat:
    checkpoint kept, as a training run's evaluation every 20 steps keeps them), and `always`.
 3. continuous: the same greedy evaluation, batch at a time against continuous batching, with
    pretrained/ (lengths vary: most answers are short, a few think at length) and checkpoint/
-   (lengths alike).
+   (lengths alike), at 8, 64 and 256 rows (256: the demo's eval.batch_size).
+4. exact: the cost of sampler.exact_logprobs: the grpo workload's sampling (speculation off)
+   and the learner's forward and backward over its episodes (the demo's minibatch), with the
+   default kernels against the batch-invariant ones.
 
 Per variant: new tokens per second (median over repeats), and for the drafting ones the
 acceptance (accepted / drafted tokens), accepted tokens per verify step (per row that
@@ -60,7 +63,7 @@ def main() -> None:
     parser.add_argument("--rows", default="8,16,64")
     parser.add_argument("--tokens", type=int, default=4, help="sampler.speculate_tokens")
     parser.add_argument("--clock", choices=["wall", "process"], default="wall")
-    parser.add_argument("--skip", default="", help="workloads to skip: grpo,eval,continuous")
+    parser.add_argument("--skip", default="", help="skip some of: grpo,eval,continuous,exact")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     clock = time.perf_counter if args.clock == "wall" else time.process_time
@@ -168,7 +171,7 @@ def main() -> None:
         result["continuous"] = {}
         for folder in ("pretrained", "checkpoint"):
             checkpoint = load_checkpoint(run / folder)[0].eval()
-            for rows in (8, 64):
+            for rows in (8, 64, 256):
                 runs = {"batch": [], "continuous": []}
                 for _ in range(args.repeats):
                     for name in runs:
@@ -180,7 +183,66 @@ def main() -> None:
                 out["ratio"] = round(out["continuous"]["new_tokens_per_s"]
                                      / out["batch"]["new_tokens_per_s"], 3)  # fmt: skip
                 result["continuous"][f"{folder}_{rows}"] = out
+    if "exact" not in skip:
+        result["exact"] = exact_cost(model, tokenizer, task, cfg, args, clock)
     print(json.dumps(result))
+
+
+def exact_cost(model, tokenizer, task, cfg, args, clock) -> dict:
+    """Sampling tokens/s and learner seconds per step, default against batch-invariant."""
+    from rlvr.learning.learner import make_batch, sequence_logprobs
+
+    g = cfg.grpo
+    stream = ProblemStream(task, cfg)
+    batches = [[tokenizer.encode(prompt_text(tokenizer, p, None)) for p in stream.batch(i)]
+               for i in range(args.batches)]  # fmt: skip
+    sampling: dict[str, list[float]] = {"default": [], "exact": []}
+    learning: dict[str, list[float]] = {"default": [], "exact": []}
+    for _ in range(args.repeats):
+        for name in sampling:
+            model.batch_invariant = name == "exact"
+            engine, generator = Engine(model, tokenizer.pad_id), torch.Generator().manual_seed(0)
+            seconds = tokens = 0
+            episodes = []
+            for prompts in batches:
+                start = clock()
+                completions = engine.generate(
+                    prompts, num_samples=g.group_size, max_new_tokens=g.max_new_tokens,
+                    temperature=g.temperature, stop_token_ids=tokenizer.stop_ids,
+                    generator=generator,
+                )  # fmt: skip
+                seconds += clock() - start
+                tokens += sum(len(c.token_ids) for c in completions)
+                episodes.append([_Episode(prompts[c.prompt_index], c) for c in completions])
+            sampling[name].append(tokens / seconds)
+            model.train()
+            start = clock()
+            for group in episodes:  # one forward and backward per step's batch, as mu = 1
+                batch = make_batch(group, tokenizer.pad_id)
+                logprobs, _ = sequence_logprobs(model, batch, g.temperature)
+                (logprobs * batch["completion_mask"]).sum().backward()
+            model.zero_grad(set_to_none=True)
+            learning[name].append((clock() - start) / len(episodes))
+            model.eval()
+    model.batch_invariant = False
+    out = {
+        "sampling_new_tokens_per_s": {k: round(statistics.median(v)) for k, v in sampling.items()},
+        "learner_seconds_per_step": {
+            k: round(statistics.median(v), 4) for k, v in learning.items()
+        },
+    }
+    rates, secs = out["sampling_new_tokens_per_s"], out["learner_seconds_per_step"]
+    out["sampling_ratio"] = round(rates["exact"] / rates["default"], 3)
+    out["learner_ratio"] = round(secs["default"] / secs["exact"], 3)
+    return out
+
+
+class _Episode:
+    """What make_batch reads of an episode."""
+
+    def __init__(self, prompt_ids, completion) -> None:
+        self.prompt_ids, self.completion_ids = prompt_ids, completion.token_ids
+        self.logprobs = completion.logprobs
 
 
 def _add(total, stats):

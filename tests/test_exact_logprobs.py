@@ -27,8 +27,9 @@ PROMPTS = [[1, 5, 6, 7, 8, 9], [1, 10, 11], [1, 12, 13, 14, 15, 16, 17, 18, 19],
 def demo_like_model(seed: int = 0) -> Transformer:
     """The demo's shapes (hidden 128, 4 heads, 2 key/value heads), two layers."""
     torch.manual_seed(seed)
-    config = ModelConfig(vocab_size=40, num_hidden_layers=2, max_position_embeddings=96,
-                         tie_word_embeddings=False)
+    config = ModelConfig(
+        vocab_size=40, num_hidden_layers=2, max_position_embeddings=96, tie_word_embeddings=False
+    )
     model = Transformer(config).eval()
     with torch.no_grad():
         model.lm_head.weight.mul_(8.0)  # distributions far from uniform: drafts get accepted
@@ -49,8 +50,9 @@ def sample(model, speculation=None, **kwargs):
 def learner_logprobs(model, completions, order):
     """The learner's logprobs of the completions, batched in `order` (its minibatch)."""
     episodes = [
-        SimpleNamespace(prompt_ids=PROMPTS[c.prompt_index], completion_ids=c.token_ids,
-                        logprobs=c.logprobs)  # fmt: skip
+        SimpleNamespace(
+            prompt_ids=PROMPTS[c.prompt_index], completion_ids=c.token_ids, logprobs=c.logprobs
+        )  # fmt: skip
         for c in (completions[i] for i in order)
     ]
     batch = make_batch(episodes, PAD)

@@ -9,11 +9,17 @@ holds. Continuous batching gives each prompt the completions the batch-at-a-time
 
 import itertools
 import math
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
+from test_survive import records
 
+from rlvr.checkpoint import load_trainer_state
+from rlvr.cli import main
 from rlvr.model import ModelConfig, Transformer
+from rlvr.report import depends_on_clock
 from rlvr.sampling import speculative
 from rlvr.sampling.engine import Engine, draw
 from rlvr.sampling.speculative import (
@@ -435,3 +441,44 @@ def test_history_keeps_the_newest_completions_of_the_newest_prompts():
     history.add([3], [7])
     history.add([3], [8])
     assert history.get([3]) == [[7], [8]]
+
+
+# ----------------------------------------------------------------------------- in a GRPO run
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOKE = str(ROOT / "rlvr" / "recipes" / "smoke.toml")
+TINY = [
+    "--pretrain.steps", "30", "--grpo.steps", "6", "--eval.num_problems", "8",
+    "--eval.num_samples", "2", "--grpo.eval_every", "3", "--checkpoint.every", "2",
+    "--checkpoint.keep", "10", "--threads", "1", "--plots", "false",
+]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_grpo_run_with_exact_logprobs_has_no_mismatch(tmp_path):
+    assert main(["train", SMOKE, "--out", str(tmp_path / "run"), *TINY,
+                 "--sampler.exact_logprobs", "true"]) == 0  # fmt: skip
+    steps = [r for r in records(tmp_path / "run") if r["phase"] == "grpo"]
+    assert len(steps) == 6 and all(r["mismatch_kl"] == 0.0 for r in steps)
+
+
+@pytest.mark.slow
+def test_a_speculative_grpo_run_with_dynamic_sampling_resumes_exactly(tmp_path):
+    """The sampler's speculation state (acceptance, kept completions) is in its checkpoints:
+    a resumed run decides, forwards and samples as the uninterrupted one did."""
+    args = [*TINY, "--sampler.speculate", "context", "--grpo.dynamic_sampling", "true"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert main(["train", SMOKE, "--out", str(whole), *args]) == 0
+    shutil.copytree(whole, cut)
+    shutil.rmtree(cut / "checkpoint")
+    for later in ("grpo-000004", "grpo-000006"):
+        shutil.rmtree(cut / "checkpoints" / later)
+    assert main(["train", "--resume", str(cut)]) == 0
+    numbers = [{k: v for k, v in r.items() if not depends_on_clock(k)} for r in records(whole)]
+    assert numbers == [
+        {k: v for k, v in r.items() if not depends_on_clock(k)} for r in records(cut)
+    ]
+    final = "checkpoint/model.safetensors"
+    assert (whole / final).read_bytes() == (cut / final).read_bytes()
+    state = load_trainer_state(whole / "checkpoints" / "grpo-000006")
+    assert state["speculation"]["history"]  # completions were kept

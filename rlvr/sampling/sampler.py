@@ -281,6 +281,8 @@ class Sampler:
     def state_dict(self) -> dict:
         """What a checkpoint needs to continue the same stream of samples."""
         state = {"generator": self.generator.get_state(), "batches_drawn": self.batches_drawn}
+        if self.engine.speculation is not None:  # (its decisions shape the forwards)
+            state["speculation"] = self.engine.speculation.state_dict()
         if self.pending:  # (resumed from an asynchronous run and not yet trained on)
             state["pending_rollouts"] = [self.pending[s].to_dict() for s in sorted(self.pending)]
         return state
@@ -288,6 +290,8 @@ class Sampler:
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
         self.batches_drawn = state["batches_drawn"]
+        if self.engine.speculation is not None and state.get("speculation"):
+            self.engine.speculation.load_state_dict(state["speculation"])
         for data in state.get("pending_rollouts") or []:
             rollouts = Rollouts.from_dict(data)
             self.pending[rollouts.step] = rollouts

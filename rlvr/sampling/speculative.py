@@ -98,6 +98,12 @@ class DraftHistory:
     def get(self, prompt: Sequence[int]) -> list[list[int]]:
         return self._by_prompt.get(tuple(prompt), [])
 
+    def state_dict(self) -> list:
+        return [[list(prompt), kept] for prompt, kept in self._by_prompt.items()]
+
+    def load_state_dict(self, state: list) -> None:
+        self._by_prompt = OrderedDict((tuple(prompt), kept) for prompt, kept in state)
+
     def __len__(self) -> int:
         return len(self._by_prompt)
 
@@ -453,3 +459,25 @@ class Speculation:
         if self.policy is None:
             self.policy = DraftPolicy(self.num_tokens, adaptive=self.adaptive)
         return self.policy
+
+    def state_dict(self) -> dict:
+        """What a resumed run needs to make the same decisions (and so the same forwards):
+        the acceptance measured so far and the kept completions."""
+        p = self.make_policy()
+        kinds = sorted(set(p.accepted) | set(p.rejected), key=repr)
+        return {
+            "kinds": [[list(k), p.accepted.get(k, 0.0), p.rejected.get(k, 0.0)] for k in kinds],
+            "gain": p.gain,
+            "calls": [[b, g, p.calls_since_probe.get(b, 0)] for b, g in p.call_gain.items()],
+            "history": self.history.state_dict() if self.history is not None else None,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        p = self.make_policy()
+        p.accepted = {tuple(k): a for k, a, _ in state["kinds"]}
+        p.rejected = {tuple(k): r for k, _, r in state["kinds"]}
+        p.gain = state["gain"]
+        p.call_gain = {b: g for b, g, _ in state["calls"]}
+        p.calls_since_probe = {b: n for b, _, n in state["calls"]}
+        if self.history is not None and state["history"] is not None:
+            self.history.load_state_dict(state["history"])
