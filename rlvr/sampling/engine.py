@@ -8,6 +8,11 @@ launches of its ~20 kernels per layer more than their arithmetic, so rlvr's mode
 there through a CUDA graph: the step is captured once per call, on fixed shapes, and
 replayed as one launch per token (finished rows ride along until all rows are done).
 
+With speculative decoding (rlvr/sampling/speculative.py), continuous batching (`max_rows`) or
+batch-invariant kernels, the engine decodes in the rows loop instead (rlvr/sampling/
+batching.py): rows refilled as completions finish, several drafted tokens verified per
+forward; eagerly, on any device.
+
     engine = Engine(model, pad_id=0)
     completions = engine.generate([[5, 6, 7], [8, 9]], num_samples=4, max_new_tokens=32,
                                   temperature=1.0, stop_token_ids=[eos_id])
