@@ -15,7 +15,9 @@ by repeat:
 2. eval: greedy decoding of `--problems` held-out problems at 8, 16 and 64 rows (the rows of
    eval.batch_size): `off` (continuous batching, no drafts) against `context`, cold (nothing
    kept from before) and `warm` (the completions of the same problems by the step-40
-   checkpoint kept, as a training run's evaluation every 20 steps keeps them), and `always`.
+   checkpoint kept, as a training run's evaluation every 20 steps keeps them), and `always`;
+   with `--draft FOLDER` also `draft` (speculate = "draft" with that model) and
+   `draft_always`.
 3. continuous: the same greedy evaluation, batch at a time against continuous batching, with
    pretrained/ (lengths vary: most answers are short, a few think at length) and checkpoint/
    (lengths alike), at 8, 64 and 256 rows (256: the demo's eval.batch_size).
@@ -63,6 +65,7 @@ def main() -> None:
     parser.add_argument("--rows", default="8,16,64")
     parser.add_argument("--tokens", type=int, default=4, help="sampler.speculate_tokens")
     parser.add_argument("--clock", choices=["wall", "process"], default="wall")
+    parser.add_argument("--draft", default="", help="a small draft model's run folder")
     parser.add_argument("--skip", default="", help="skip some of: grpo,eval,continuous,exact")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -142,6 +145,7 @@ def main() -> None:
         Engine(earlier, tokenizer.pad_id, speculation=Speculation(args.tokens, history=kept)
                ).generate(prompts, stop_token_ids=stop, max_rows=64, **greedy)  # fmt: skip
         result["eval"] = {}
+        draft = load_checkpoint(args.draft)[0].eval() if args.draft else None
         for rows in [int(r) for r in args.rows.split(",")]:
             variants = {
                 "off": lambda: Engine(model, tokenizer.pad_id),
@@ -157,6 +161,11 @@ def main() -> None:
                     model, tokenizer.pad_id, speculation=Speculation(args.tokens, adaptive=False)
                 ),  # fmt: skip
             }
+            if draft is not None:
+                variants["draft"] = lambda: Engine(model, tokenizer.pad_id, speculation=Speculation(
+                    args.tokens, draft_model=draft))  # fmt: skip
+                variants["draft_always"] = lambda: Engine(model, tokenizer.pad_id, speculation=(
+                    Speculation(args.tokens, draft_model=draft, adaptive=False)))  # fmt: skip
             runs = {name: [] for name in variants}
             for _ in range(args.repeats):
                 for name, make in variants.items():

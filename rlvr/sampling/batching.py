@@ -218,7 +218,11 @@ class RowsLoop:
             row.draft, row.kind = draft, kind
             if draft:
                 drafting.append((len(draft), kind))
-        return self.policy.choose(self.model, len(self.rows), drafting)
+        spent = 0.0
+        if isinstance(self.drafter, ModelDrafter) and drafting:
+            longest = max(length for length, _ in drafting)
+            spent = self.drafter.modelled_seconds(self.policy.cost, len(self.rows), longest)
+        return self.policy.choose(self.model, len(self.rows), drafting, spent)
 
     def _verify(self, active: list[int], logits: torch.Tensor, drafts: torch.Tensor):
         """Accepted drafts per row and what each row emits: per row (tokens, logprobs,

@@ -270,6 +270,10 @@ class ModelDrafter:
         table = torch.stack(drafted, 1).tolist()  # (B, max(limits))
         return [(table[r][:limit], self.KIND) for r, limit in zip(rows, limits)]
 
+    def modelled_seconds(self, cost: StepCost, rows: int, tokens: int) -> float:
+        """What drafting `tokens` tokens for `rows` rows costs (`StepCost` of this model)."""
+        return cost.seconds(self.model, rows, 2) + (tokens - 1) * cost.seconds(self.model, rows, 1)
+
     def _forward(self, ids: torch.Tensor) -> torch.Tensor:
         T = ids.shape[1]
         positions = self.cache.ends[:, None] + torch.arange(T, device=self.device)
@@ -380,12 +384,15 @@ class DraftPolicy:
         else every PROBE_EVERY-th step (to keep measuring)."""
         return not self.adaptive or self.gain >= PAYS or step % PROBE_EVERY == 0
 
-    def choose(self, model, rows: int, drafts: list[tuple[int, object]]) -> int:
+    def choose(self, model, rows: int, drafts: list[tuple[int, object]],
+               draft_seconds: float = 0.0) -> int:  # fmt: skip
         """How many drafted tokens each row verifies this step (0: a plain decode step).
 
-        rows: rows in the forward; drafts: (length, kind) of each drafting row's proposal.
+        rows: rows in the forward; drafts: (length, kind) of each drafting row's proposal;
+        draft_seconds: the modelled cost of having drafted them (a draft model's forwards).
         Every row's forward takes the same number of tokens, so a step verifies k tokens of
-        every draft: the k that gives the most expected tokens per modelled second."""
+        every draft: the k that gives the most expected tokens per modelled second. The
+        speed-up over a plain step that did not draft at all goes into `gain`."""
         if not drafts:
             self.gain = 0.9 * self.gain + 0.1
             return 0
@@ -397,16 +404,18 @@ class DraftPolicy:
             key = (length, self.rate(kind))
             groups[key] = groups.get(key, 0) + 1
         plain = rows / self.cost.seconds(model, rows, 1)
-        best_k, best = 0, plain
+        best_k, best, drafted = 0, plain, 0.0
         for k in range(1, longest + 1):
             expected = rows + sum(
                 count * _expected_accepted(rate, min(length, k))
                 for (length, rate), count in groups.items()
             )
-            speed = expected / self.cost.seconds(model, rows, 1 + k)
-            if speed > best:
-                best_k, best = k, speed
-        self.gain = 0.9 * self.gain + 0.1 * best / plain
+            seconds = self.cost.seconds(model, rows, 1 + k)
+            if expected / seconds > best:
+                best_k, best = k, expected / seconds
+                drafted = expected / (seconds + draft_seconds)
+        self.gain = 0.9 * self.gain + 0.1 * max(drafted, rows / (
+            self.cost.seconds(model, rows, 1) + draft_seconds)) / plain  # fmt: skip
         return best_k
 
     def use_rows_loop(self, rows: int) -> bool:
