@@ -65,6 +65,7 @@ def evaluate(run_dir: str | Path, overrides: dict[str, Any] | None = None) -> di
     from rlvr.config import apply_overrides, as_overrides
     from rlvr.device import autocast, place_model
     from rlvr.evaluation import evaluate as evaluate_model
+    from rlvr.sampling.sampler import make_engine
     from rlvr.train import make_task, seed_everything, system_prompt
     from rlvr.verifiers.rewards import Scorer, open_pool
 
@@ -81,5 +82,8 @@ def evaluate(run_dir: str | Path, overrides: dict[str, Any] | None = None) -> di
     ):
         scorer = Scorer(task, cfg.reward, cfg.eval.max_new_tokens, pool,
                         system_prompt=system_prompt(cfg))  # fmt: skip
-        metrics, _ = evaluate_model(model, tokenizer, scorer, problems, cfg.eval, seed=cfg.seed)
+        model.batch_invariant = cfg.sampler.exact_logprobs
+        engine = make_engine(model, tokenizer, cfg)  # sampler.speculate, continuous batching
+        metrics, _ = evaluate_model(model, tokenizer, scorer, problems, cfg.eval, seed=cfg.seed,
+                                    engine=engine)  # fmt: skip
     return {"checkpoint": str(run_dir), "eval_problems": len(problems), **metrics}

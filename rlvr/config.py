@@ -392,6 +392,9 @@ class LoraConfig:
     gate_proj, up_proj, down_proj (with model_path: any linear layer of that model)."""
 
 
+SPECULATE_MODES = ("off", "context", "draft")
+
+
 @dataclass
 class SamplerConfig:
     threads: int = 1
@@ -411,6 +414,26 @@ class SamplerConfig:
     vllm_enforce_eager: bool = True
     """Run vLLM without torch.compile / CUDA graphs: starts in seconds; False compiles (tens
     of seconds at start, faster decoding)."""
+    speculate: str = "off"
+    """Speculative decoding in GRPO sampling and evaluation: "off"; "context" (each row's
+    next tokens drafted from its own prompt and completion, its group's other samples and
+    completions of the same problem kept from earlier steps, then verified by the policy in
+    one forward; per step only when the measured acceptance says it pays); "draft" (drafted
+    by the small model at sampler.draft_model). Lossless: the samples have the policy's
+    distribution and the logprobs are the policy's. Needs rlvr's model class."""
+    speculate_tokens: int = 4
+    """The most tokens drafted per row and step."""
+    draft_model: str = ""
+    """With speculate = "draft": a run or checkpoint folder, or a Hugging Face checkpoint
+    folder, of a small model with the policy's tokenizer."""
+    continuous_batching: bool = True
+    """Keep the engine's rows full: when a completion finishes, the next waiting sample takes
+    its row (evaluation: eval.batch_size rows over all its problems; dynamic sampling: the
+    next round's problems start while the last round's long completions finish)."""
+    exact_logprobs: bool = False
+    """Batch-invariant kernels in the policy's forward, so the logprobs the sampler returns
+    equal the learner's bit for bit (mismatch_kl exactly 0). Costs speed; needs rlvr's model
+    class in float32."""
 
 
 @dataclass
@@ -925,6 +948,31 @@ def validate(cfg: Config) -> None:
     need(
         re.fullmatch(r"auto|cpu|cuda(:(0|[1-9]\d*))?", cfg.device) is not None,
         f"device {cfg.device!r} is not one of auto, cpu, cuda, cuda:N.",
+    )
+    sampler = cfg.sampler
+    need(
+        sampler.speculate in SPECULATE_MODES,
+        f"sampler.speculate {sampler.speculate!r} is not one of {', '.join(SPECULATE_MODES)}.",
+    )
+    need(
+        sampler.speculate_tokens >= 1,
+        f"sampler.speculate_tokens must be at least 1, got {sampler.speculate_tokens}.",
+    )
+    need(
+        (sampler.speculate == "draft") == bool(sampler.draft_model),
+        'sampler.speculate = "draft" needs sampler.draft_model (a checkpoint folder of the '
+        "draft model), and sampler.draft_model is only used by it; set both or neither.",
+    )
+    need(
+        not sampler.exact_logprobs or cfg.dtype == "float32",
+        'sampler.exact_logprobs is verified in float32 only; set dtype = "float32" or '
+        "sampler.exact_logprobs = false.",
+    )
+    need(
+        sampler.backend != "vllm" or (sampler.speculate == "off" and not sampler.exact_logprobs),
+        "sampler.speculate and sampler.exact_logprobs are features of rlvr's engine; with "
+        'sampler.backend = "vllm" set sampler.speculate = "off" and sampler.exact_logprobs = '
+        "false (vLLM has speculative decoding of its own).",
     )
     lora = cfg.lora
     need(lora.rank >= 0, f"lora.rank must be 0 (off) or more, got {lora.rank}.")

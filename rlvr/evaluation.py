@@ -55,21 +55,15 @@ def majority_correct(group: Sequence[Episode]) -> bool:
     return first[winner].verdict.status == "correct"
 
 
-def _batched(items: Sequence, size: int):
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
 def _greedy(
     engine, tokenizer, scorer: Scorer, problems, cfg: EvalConfig, think: bool | None
 ) -> list[Episode]:
-    episodes: list[Episode] = []
-    for chunk in _batched(problems, cfg.batch_size):
-        episodes += rollout(
-            engine, tokenizer, scorer, chunk, num_samples=1, temperature=0.0,
-            max_new_tokens=cfg.max_new_tokens, think=think,
-        )  # fmt: skip
-    return episodes
+    # eval.batch_size rows at a time: refilled as completions finish, or a batch at a time
+    # (Engine.continuous_batching)
+    return rollout(
+        engine, tokenizer, scorer, problems, num_samples=1, temperature=0.0,
+        max_new_tokens=cfg.max_new_tokens, think=think, max_rows=cfg.batch_size,
+    )  # fmt: skip
 
 
 @torch.no_grad()
@@ -82,15 +76,17 @@ def evaluate(
     *,
     seed: int = 0,
     sampled: bool = True,
+    engine: Engine | None = None,
 ) -> tuple[dict[str, float], list[dict]]:
     """Metrics on `problems` and a few logged samples. Fractions are in 0..1.
 
     `scorer` verifies the responses (rlvr/verifiers/rewards.py); only the verdicts count here, not the
-    reward weights.
+    reward weights. `engine`: the sampling engine on `model` (rlvr.sampling.sampler.make_engine:
+    speculation, continuous batching); by default a plain one.
     """
     was_training = model.training
     model.eval()
-    engine = Engine(model, pad_id=tokenizer.pad_id)
+    engine = engine or Engine(model, pad_id=tokenizer.pad_id)
     greedy = _greedy(engine, tokenizer, scorer, problems, cfg, think=None)
     no_think = _greedy(engine, tokenizer, scorer, problems, cfg, think=False)
 
@@ -110,17 +106,16 @@ def evaluate(
     if sampled and k >= 2:
         generator = torch.Generator().manual_seed(seed)
         pass1, passk, majk = [], [], []
-        for chunk in _batched(problems, max(1, cfg.batch_size // k)):
-            episodes = rollout(
-                engine, tokenizer, scorer, chunk, num_samples=k, temperature=cfg.temperature,
-                max_new_tokens=cfg.max_new_tokens, generator=generator,
-            )  # fmt: skip
-            for i in range(len(chunk)):
-                group = episodes[i * k : (i + 1) * k]
-                c = sum(ep.verdict.status == "correct" for ep in group)
-                pass1.append(c / k)
-                passk.append(pass_at_k(k, c, k))
-                majk.append(float(majority_correct(group)))
+        episodes = rollout(
+            engine, tokenizer, scorer, problems, num_samples=k, temperature=cfg.temperature,
+            max_new_tokens=cfg.max_new_tokens, generator=generator, max_rows=cfg.batch_size,
+        )  # fmt: skip
+        for i in range(len(problems)):
+            group = episodes[i * k : (i + 1) * k]
+            c = sum(ep.verdict.status == "correct" for ep in group)
+            pass1.append(c / k)
+            passk.append(pass_at_k(k, c, k))
+            majk.append(float(majority_correct(group)))
         metrics["pass@1"] = sum(pass1) / len(pass1)
         metrics[f"pass@{k}"] = sum(passk) / len(passk)
         metrics[f"maj@{k}"] = sum(majk) / len(majk)

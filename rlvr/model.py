@@ -129,10 +129,13 @@ def rope_tables(config: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
 class Cache(Protocol):
     """What the model needs of a KV cache; the engine's `KVCache` is the one it is given.
 
-    Every row writes its t-th token into slot t, so all rows share one `length`; `mask` (B,
-    max_len) marks slots that hold real tokens (left padding does not), and `bias` is the
-    same mask as an additive attention bias, rebuilt by the cache when set to None. In
-    fixed-shape mode `slot` is the (1,) device tensor of the next slot (else None)."""
+    `length` is the number of slots in use: every row's tokens lie in slots [0, length).
+    `mask` (B, max_len) marks slots that hold real tokens (padding, and slots a caller took
+    back, do not), and `bias` is the same mask as an additive attention bias, rebuilt by the
+    cache when set to None. Where a row's next tokens go is the cache's business: the model
+    only asks it for the bias of the new tokens (`extend_bias`) and hands it their keys and
+    values (`update`). In fixed-shape mode `slot` is the (1,) device tensor of the next slot
+    (else None)."""
 
     length: int
     mask: torch.Tensor
@@ -149,8 +152,10 @@ class Cache(Protocol):
         every key/value the new tokens may attend to."""
         ...
 
-    def decode_bias(self, dtype: torch.dtype) -> torch.Tensor:
-        """Mark slot `length` real; the additive bias (B, 1, 1, length + 1) of one new token."""
+    def extend_bias(self, num_new: int, dtype: torch.dtype) -> torch.Tensor:
+        """Mark the slots of the next `num_new` tokens of every row real; return their
+        additive attention bias (B, 1, num_new, S) over slots [0, S), S = length + num_new:
+        each new token sees its row's real tokens before it, and itself."""
         ...
 
 
@@ -163,19 +168,90 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 def decode_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
 ) -> torch.Tensor:
-    """Attention of one new query per row: q (B, H, 1, D) over keys/values (B, KV, S, D) with
-    an additive bias (B, 1, 1, S); returns (B, H, 1, D).
+    """Attention of a few new queries per row over a cache: q (B, H, T, D) over keys/values
+    (B, KV, S, D) with an additive bias (B, 1, T, S); returns (B, H, T, D).
 
     The same function as scaled_dot_product_attention, written as two batched matmuls with
-    each key/value head's query heads stacked as rows (no copy of the cache per query head):
-    torch's CPU SDPA kernel takes 1.25-1.4x as long on these one-query shapes
-    (`benchmarks/engine_speed.py --compare-sdpa` measures the whole engine both ways)."""
-    B, H, _, D = q.shape
+    each key/value head's query heads and new tokens stacked as rows (no copy of the cache
+    per query head): torch's CPU SDPA kernel takes 1.25-1.4x as long on these few-query
+    shapes (`benchmarks/engine_speed.py --compare-sdpa` measures the whole engine both ways).
+    T is 1 when decoding, 1 + the drafted tokens when verifying a speculative draft."""
+    B, H, T, D = q.shape
     KV = k.shape[1]
-    scores = torch.matmul(q.reshape(B, KV, H // KV, D), k.transpose(-1, -2))  # (B, KV, g, S)
-    scores = scores.mul_(D**-0.5).add_(bias)
+    g = H // KV
+    scores = torch.matmul(q.reshape(B, KV, g * T, D), k.transpose(-1, -2))  # (B, KV, g*T, S)
+    scores.view(B, KV, g, T, -1).mul_(D**-0.5).add_(bias[:, :, None])
     probs = scores.softmax(-1, dtype=torch.float32).to(v.dtype)
-    return torch.matmul(probs, v).view(B, H, 1, D)
+    return torch.matmul(probs, v).view(B, H, T, D)
+
+
+# Batch-invariant kernels (Transformer.batch_invariant): the value computed for one token must
+# not depend on how many other rows, tokens or cache slots share its call, so the sampler's
+# logprobs equal the learner's bit for bit. Measured on the CPU (MKL): a matmul's rows come
+# out the same for any number of rows from 16 up (fewer take other code paths), and a
+# reduction over keys padded with masked slots to a multiple of 64 gives the same sum for any
+# such multiple; row-wise ops (RMSNorm, SiLU, softmax over the vocabulary) are invariant as
+# they are. tests/test_exact_logprobs.py checks the whole model bitwise.
+INVARIANT_MIN_ROWS = 16
+INVARIANT_SLOT_BLOCK = 64
+
+
+def invariant_linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """layer(x) with at least INVARIANT_MIN_ROWS rows per matmul (zero rows added, then cut)."""
+    rows = x.numel() // x.shape[-1]
+    if rows >= INVARIANT_MIN_ROWS:
+        return layer(x)
+    flat = x.reshape(rows, x.shape[-1])
+    flat = torch.cat((flat, flat.new_zeros(INVARIANT_MIN_ROWS - rows, x.shape[-1])))
+    return layer(flat)[:rows].reshape(*x.shape[:-1], -1)
+
+
+def invariant_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """Attention whose result for each query is independent of the batch, of the number of
+    queries and of the number of key slots: q (B, H, T, D) over keys/values (B, KV, S, D)
+    with an additive bias (B, 1, T, S), or causal if None; returns (B, H, T, D).
+
+    Keys, values and bias are padded to a multiple of INVARIANT_SLOT_BLOCK slots (masked),
+    and the query rows of each key/value head to at least INVARIANT_MIN_ROWS, so every call
+    reduces over the same slots in the same order, however long the cache or the batch."""
+    B, H, T, D = q.shape
+    KV, S = k.shape[1], k.shape[2]
+    g = H // KV
+    if bias is None:
+        causal = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+        bias = torch.zeros(T, S, dtype=q.dtype, device=q.device).masked_fill_(~causal, -math.inf)
+        bias = bias.expand(B, 1, T, S)
+    pad = -S % INVARIANT_SLOT_BLOCK
+    if pad:
+        k = F.pad(k, (0, 0, 0, pad))
+        v = F.pad(v, (0, 0, 0, pad))
+        bias = F.pad(bias, (0, pad), value=-math.inf)
+    rows = g * T
+    qg = q.reshape(B, KV, rows, D)
+    if rows < INVARIANT_MIN_ROWS:
+        qg = F.pad(qg, (0, 0, 0, INVARIANT_MIN_ROWS - rows))
+    scores = torch.matmul(qg, k.transpose(-1, -2))[:, :, :rows]  # (B, KV, g*T, S + pad)
+    scores = scores.view(B, KV, g, T, -1) * D**-0.5 + bias[:, :, None]
+    probs = scores.softmax(-1, dtype=torch.float32).to(v.dtype).view(B, KV, rows, -1)
+    if rows < INVARIANT_MIN_ROWS:
+        probs = F.pad(probs, (0, 0, 0, INVARIANT_MIN_ROWS - rows))
+    return torch.matmul(probs, v)[:, :, :rows].reshape(B, H, T, D)
+
+
+@dataclass(frozen=True)
+class Kernels:
+    """Which attention and matmul kernels a forward uses."""
+
+    extend: bool = False
+    """A few new tokens per row over a cache (decoding, verifying drafts): `decode_attention`."""
+    invariant: bool = False
+    """Batch-invariant kernels (`Transformer.batch_invariant`)."""
+
+
+def _call(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return layer(x)
 
 
 class Attention(nn.Module):
@@ -204,11 +280,13 @@ class Attention(nn.Module):
         attn_mask: torch.Tensor | None,  # (B, 1, T, S) additive: 0 or -inf; None = causal
         cache: Cache | None,
         layer: int,
+        kernels: Kernels,
     ) -> torch.Tensor:
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim)
-        k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        linear = invariant_linear if kernels.invariant else _call
+        q = linear(self.q_proj, x).view(B, T, self.num_heads, self.head_dim)
+        k = linear(self.k_proj, x).view(B, T, self.num_kv_heads, self.head_dim)
+        v = linear(self.v_proj, x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, heads, T, head_dim)
@@ -216,7 +294,9 @@ class Attention(nn.Module):
         k = k * cos + rotate_half(k) * sin
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, num_kv_heads, S, head_dim)
-        if T == 1 and attn_mask is not None:  # one new token per row: decoding
+        if kernels.invariant:
+            y = invariant_attention(q, k, v, attn_mask)
+        elif kernels.extend:  # a few new tokens per row over a cache: decoding, verifying
             y = decode_attention(q, k, v, attn_mask)
         else:
             y = F.scaled_dot_product_attention(
@@ -227,7 +307,7 @@ class Attention(nn.Module):
                 is_causal=attn_mask is None,
                 enable_gqa=self.num_kv_heads != self.num_heads,
             )  # (B, num_heads, T, head_dim)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+        return linear(self.o_proj, y.transpose(1, 2).reshape(B, T, -1))
 
 
 class MLP(nn.Module):
@@ -239,8 +319,9 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+    def forward(self, x: torch.Tensor, kernels: Kernels) -> torch.Tensor:
+        linear = invariant_linear if kernels.invariant else _call
+        return linear(self.down_proj, F.silu(linear(self.gate_proj, x)) * linear(self.up_proj, x))
 
 
 class Block(nn.Module):
@@ -251,9 +332,9 @@ class Block(nn.Module):
         self.post_attention_layernorm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x, cos, sin, attn_mask, cache, layer):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attn_mask, cache, layer)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x, cos, sin, attn_mask, cache, layer, kernels: Kernels):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attn_mask, cache, layer, kernels)
+        return x + self.mlp(self.post_attention_layernorm(x), kernels)
 
 
 class Decoder(nn.Module):
@@ -280,6 +361,11 @@ class Transformer(nn.Module):
         rope_cos, rope_sin = rope_tables(config)
         self.register_buffer("rope_cos", rope_cos, persistent=False)
         self.register_buffer("rope_sin", rope_sin, persistent=False)
+        self.batch_invariant = False
+        """Compute every token's logits with kernels whose reduction order does not depend on
+        the batch, the number of tokens or the cache length (`invariant_linear`,
+        `invariant_attention`): the sampler's logprobs then equal the learner's bit for bit
+        (sampler.exact_logprobs). Slower; off by default."""
         self.apply(self._init_weights)
         # Scale the residual projections by depth (GPT-2) so the stream's variance stays put.
         for name, p in self.named_parameters():
@@ -311,7 +397,10 @@ class Transformer(nn.Module):
             are never attended to. None means no padding.
         position_ids: (B, T); by default each real token's index among the real tokens of
             its row (padding included in the cache, if any), so padding does not shift RoPE.
-        cache: if given, attend to the cached tokens too and append these ones to it.
+        cache: if given, attend to the cached tokens too and append these ones to it. With
+            position_ids and no attention_mask the tokens continue every row where the cache
+            says (`Cache.extend_bias`): one per row when decoding, several when verifying
+            drafted tokens.
         document_ids: (B, T) for rows that pack several examples (SFT packing, no cache): a
             token attends only to earlier tokens with the same id, and by default its
             position counts from its example's first token, as if it were alone in its row.
@@ -323,12 +412,11 @@ class Transformer(nn.Module):
         end = start + T
         self.check_length(end, cache)
 
-        decoding = T == 1 and attention_mask is None and position_ids is not None
-        if decoding and cache is not None:
-            # One new token per row: it may see every real slot so far, itself included, so
-            # the causal mask reduces to the cache's padding bias.
-            bias = cache.decode_bias(self.model.embed_tokens.weight.dtype)
-            return self._forward_layers(input_ids, position_ids, bias, cache, end)
+        if attention_mask is None and position_ids is not None and cache is not None:
+            # A few new tokens per row after the cached ones (decoding, or verifying drafted
+            # tokens): the cache says where they go and what each may see.
+            bias = cache.extend_bias(T, self.model.embed_tokens.weight.dtype)
+            return self._forward_layers(input_ids, position_ids, bias, cache, end, extend=True)
         if cache is not None:
             cache.bias = None  # this call may write padding: rebuild the bias when next needed
 
@@ -408,14 +496,19 @@ class Transformer(nn.Module):
         checks the length and advances `cache.length`: `check_length`)."""
         cache.bias.index_fill_(1, cache.slot, 0.0)  # the new slot holds a real token
         bias = cache.bias[:, None, None, :]  # (B, 1, 1, max_len)
-        return self._forward_layers(token, position, bias, cache, end=None)[:, -1]
+        return self._forward_layers(token, position, bias, cache, end=None, extend=True)[:, -1]
 
-    def _forward_layers(self, input_ids, position_ids, attn_mask, cache, end) -> torch.Tensor:
+    def _forward_layers(
+        self, input_ids, position_ids, attn_mask, cache, end, extend=False
+    ) -> torch.Tensor:
+        kernels = Kernels(extend=extend, invariant=self.batch_invariant)
         x = self.model.embed_tokens(input_ids)  # (B, T, hidden_size)
         cos = self.rope_cos[position_ids].to(x.dtype)[:, None]  # (B, 1, T, head_dim)
         sin = self.rope_sin[position_ids].to(x.dtype)[:, None]
         for i, block in enumerate(self.model.layers):
-            x = block(x, cos, sin, attn_mask, cache, i)
+            x = block(x, cos, sin, attn_mask, cache, i, kernels)
         if cache is not None and end is not None:
             cache.length = end
-        return self.lm_head(self.model.norm(x)).float()
+        x = self.model.norm(x)
+        logits = invariant_linear(self.lm_head, x) if kernels.invariant else self.lm_head(x)
+        return logits.float()

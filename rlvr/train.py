@@ -67,10 +67,11 @@ from rlvr.report import (
     read_metrics,
     write_samples,
 )
+from rlvr.sampling.engine import Engine
 from rlvr.sampling.process import SamplerProcess, check_async
 from rlvr.sampling.ray_sampler import SCHEDULE as RAY_SCHEDULE
 from rlvr.sampling.ray_sampler import RaySampler
-from rlvr.sampling.sampler import Rollouts, Sampler
+from rlvr.sampling.sampler import Rollouts, Sampler, make_engine
 from rlvr.sampling.vllm_engine import check_vllm
 from rlvr.tasks import TASKS, Problem
 from rlvr.timeline import plot_timeline, record_step
@@ -283,11 +284,13 @@ def grpo(
     should_stop: Callable[[], bool],
     resume: dict | None = None,
     before: dict | None = None,
+    eval_engine: Engine | None = None,
 ) -> float:
     """GRPO; returns the mean seconds per step (sampling + verification + update, or with
     grpo.max_staleness > 0 the learner's wait + update).
 
-    `before` (the evaluation before GRPO) is stored in each checkpoint for the run summary.
+    `before` (the evaluation before GRPO) is stored in each checkpoint for the run summary;
+    `eval_engine` samples the evaluations in between (`make_engine`).
     """
     g = cfg.grpo
     device = next(policy.parameters()).device
@@ -344,7 +347,8 @@ def grpo(
             if g.eval_every and step % g.eval_every == 0 and step < g.steps:
                 with autocast(cfg, policy):
                     eval_metrics, samples = evaluate(policy, tokenizer, scorer, eval_problems,
-                                                     cfg.eval, seed=cfg.seed, sampled=False)  # fmt: skip
+                                                     cfg.eval, seed=cfg.seed, sampled=False,
+                                                     engine=eval_engine)  # fmt: skip
                 logger.log("eval", step, eval_metrics)
                 write_samples(logger.run_dir, f"grpo-step{step:05d}", samples)
 
@@ -617,6 +621,7 @@ def run_job(cfg: Config, resume: bool) -> tuple[Path, dict]:
             check_data_parallel(policy)
         if device.type == "cuda":
             console.print(f"device: {device} ({torch.cuda.get_device_name(device)})")
+        eval_engine = make_engine(policy, tokenizer, cfg)  # (a draft model loads here)
         checkpointer = Checkpointer(run_dir, cfg, tokenizer)
         summary["device"] = str(device)
         summary["num_parameters"] = policy.num_parameters()
@@ -630,13 +635,14 @@ def run_job(cfg: Config, resume: bool) -> tuple[Path, dict]:
             summary["pretrain_seconds"] = time.perf_counter() - t0
             checkpointer.save_final("pretrained", policy, {"phase": "pretrain"})
 
+        policy.batch_invariant = cfg.sampler.exact_logprobs  # (pretraining does not need it)
         if in_grpo:
             before = state["before"]
         else:
             console.print("evaluating the starting policy ...")
             with autocast(cfg, policy):
                 before, samples = evaluate(policy, tokenizer, scorer, eval_problems, cfg.eval,
-                                           seed=cfg.seed)  # fmt: skip
+                                           seed=cfg.seed, engine=eval_engine)  # fmt: skip
             logger.log("eval", 0, before)
             write_samples(run_dir, "before-grpo", samples)
 
@@ -650,12 +656,13 @@ def run_job(cfg: Config, resume: bool) -> tuple[Path, dict]:
             summary["grpo_seconds_per_step"] = grpo(
                 policy, tokenizer, task, scorer, cfg, logger, eval_problems, checkpointer,
                 should_stop, resume=state if in_grpo else None, before=before,
+                eval_engine=eval_engine,
             )  # fmt: skip
             summary["grpo_seconds"] = time.perf_counter() - t0
             console.print("evaluating the trained policy ...")
             with autocast(cfg, policy):
                 after, samples = evaluate(policy, tokenizer, scorer, eval_problems, cfg.eval,
-                                          seed=cfg.seed)  # fmt: skip
+                                          seed=cfg.seed, engine=eval_engine)  # fmt: skip
             logger.log("eval", cfg.grpo.steps, after)
             write_samples(run_dir, "after-grpo", samples)
         checkpointer.save_final("checkpoint", policy, final_state(cfg))

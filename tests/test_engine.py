@@ -2,7 +2,9 @@
 
 Every test runs on each decode path: "eager" (one forward per step; finished rows are
 dropped), "static" (the fixed-shape step that a CUDA graph captures and replays on a GPU, run
-without one) and, where there is a GPU, "graph" (a copy of the model on the GPU, decoded
+without one), "rows" (the rows loop of continuous batching, on two rows, so later samples
+wait for a free row), "speculative" (the rows loop drafting from the context and verifying
+every draft) and, where there is a GPU, "graph" (a copy of the model on the GPU, decoded
 through the CUDA graph; its outputs are compared with the CPU's as they are).
 """
 
@@ -15,9 +17,17 @@ import torch
 from rlvr.model import ModelConfig, Transformer
 from rlvr.sampling.engine import Completion, Engine
 from rlvr.sampling.engine import Engine as RealEngine  # (the tests' `Engine` picks a decode path)
+from rlvr.sampling.speculative import Speculation
 
 PAD = 0
 PROMPTS = [[3, 4, 5, 6, 7], [8, 9], [10, 11, 12, 13, 14, 15, 16, 17]]
+
+
+class TwoRowsEngine(RealEngine):
+    """The engine with continuous batching on two rows."""
+
+    def generate(self, prompts, **kwargs):
+        return super().generate(prompts, max_rows=2, **kwargs)
 
 
 def engine_factory(decode: str):
@@ -26,12 +36,17 @@ def engine_factory(decode: str):
     def make(model, pad_id):
         if decode == "graph":
             return RealEngine(copy.deepcopy(model).cuda(), pad_id, decode="auto")
+        if decode == "rows":
+            return TwoRowsEngine(model, pad_id)
+        if decode == "speculative":
+            return RealEngine(model, pad_id, speculation=Speculation(3, adaptive=False))
         return RealEngine(model, pad_id, decode=decode)
 
     return make
 
 
-DECODES = ["eager", "static"] + (["graph"] if torch.cuda.is_available() else [])
+DECODES = ["eager", "static", "rows", "speculative"]
+DECODES += ["graph"] if torch.cuda.is_available() else []
 
 
 @pytest.fixture(autouse=True, params=DECODES)

@@ -122,6 +122,7 @@ def _sampler_main(spec: dict, weights: SharedWeights, commands, results) -> None
         torch.set_num_threads(cfg.sampler.threads)
         k, task = cfg.grpo.max_staleness, spec["task"]
         model = Transformer(spec["model_config"]).eval().requires_grad_(False)
+        model.batch_invariant = cfg.sampler.exact_logprobs
         with open_pool(cfg.reward, preload=(type(task).__module__,)) as pool:
             scorer = Scorer(task, cfg.reward, cfg.grpo.max_new_tokens, pool,
                             system_prompt=spec["system_prompt"])  # fmt: skip
@@ -179,7 +180,8 @@ class SamplerProcess:
         self.state_after: dict[int, dict] = {}  # step -> sampler state after sampling it
         self.next_step = first_step + len(self.ready)  # the first step the process samples
         self.state_after[self.next_step - 1] = {
-            "generator": state["generator"], "batches_drawn": state["batches_drawn"]
+            "generator": state["generator"], "batches_drawn": state["batches_drawn"],
+            "speculation": state.get("speculation"),
         } if "generator" in state else _fresh_state(cfg)  # fmt: skip
         self.consumed = first_step - 1  # the last step handed to the learner
         self.restarts, self.lost_seconds = 0, 0.0

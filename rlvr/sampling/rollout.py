@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -92,68 +92,24 @@ def response_text(tokenizer: CharTokenizer, token_ids: list[int], prefill: str =
     return prefill + tokenizer.decode(token_ids)
 
 
-def rollout(
-    engine: Engine,
-    tokenizer: CharTokenizer,
-    scorer: Scorer,
-    problems: Sequence[Problem],
-    *,
-    num_samples: int,
-    max_new_tokens: int,
-    temperature: float,
-    top_p: float = 1.0,
-    top_k: int = 0,
-    generator: torch.Generator | None = None,
-    policy_version: int = 0,
-    think: bool | None = None,
-    ignore_eos: bool = False,
-    min_new_tokens: int = 0,
-    timings: dict | None = None,
-) -> list[Episode]:
-    """Sample `num_samples` completions per problem and score each; group-major order.
+def encode_prompt(tokenizer: CharTokenizer, scorer: Scorer, problem: Problem,
+                  think: bool | None) -> list[int]:  # fmt: skip
+    """The prompt's token ids; a problem the tokenizer cannot write is a ConfigError."""
+    try:
+        return tokenizer.encode(prompt_text(tokenizer, problem, think, scorer.system_prompt))
+    except ValueError as e:
+        raise ConfigError(
+            f"Problem {problem.id} cannot be tokenized ({e}); remove it from the data or use a "
+            "model whose tokenizer covers its characters."
+        ) from e
 
-    The prompts carry `scorer.system_prompt` (empty: none). `timings`, if given, receives
-    how verification kept up with decoding: "decode_seconds", "verify_tail_seconds" (waiting
-    for verdicts after the last token), "verify_items", "verify_seconds" (first hand-over to
-    last verdict) and "verify_backlog" (completions still unverified when decoding ended)."""
-    prefill = EMPTY_THINK if think is False else ""
-    prompts = []
-    for p in problems:
-        try:
-            prompts.append(tokenizer.encode(prompt_text(tokenizer, p, think, scorer.system_prompt)))
-        except ValueError as e:
-            raise ConfigError(
-                f"Problem {p.id} cannot be tokenized ({e}); remove it from the data or use a "
-                "model whose tokenizer covers its characters."
-            ) from e
-    pending: dict[tuple[int, int], tuple[str, dict]] = {}
-    hits, judged = scorer.cache_hits, scorer.judged
-    t_start = time.perf_counter()
-    first_submit: list[float] = []
 
-    def verify_now(c: Completion) -> None:
-        if not first_submit:
-            first_submit.append(time.perf_counter())
-        response = response_text(tokenizer, c.token_ids, prefill)
-        pending[c.prompt_index, c.sample_index] = (
-            response,
-            scorer.submit(response, problems[c.prompt_index]),
-        )
-
-    completions = engine.generate(
-        prompts,
-        num_samples=num_samples,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_p=top_p,
-        top_k=top_k,
-        stop_token_ids=[] if ignore_eos else tokenizer.stop_ids,
-        min_new_tokens=min_new_tokens,
-        generator=generator,
-        on_complete=verify_now,
-    )
-    t_decoded = time.perf_counter()
-    backlog = sum(not all(h.done() for h in handles.values()) for _, handles in pending.values())
+def score_groups(scorer: Scorer, problems: Sequence[Problem], prompts: list[list[int]],
+                 completions: list[Completion], pending: dict, num_samples: int,
+                 policy_version: int) -> list[Episode]:  # fmt: skip
+    """The episodes of whole groups of completions (group-major), their verdicts waited for
+    (`pending`: (prompt index, sample index) -> (response, verifier handles)), each group
+    watched for reward hacking."""
     responses = [pending[c.prompt_index, c.sample_index][0] for c in completions]
     scores = [scorer.score(pending[c.prompt_index, c.sample_index][1], len(c.token_ids))
               for c in completions]  # fmt: skip
@@ -181,16 +137,169 @@ def rollout(
                 flags=scored.flags,
             )
         )
+    return episodes
+
+
+def rollout(
+    engine: Engine,
+    tokenizer: CharTokenizer,
+    scorer: Scorer,
+    problems: Sequence[Problem],
+    *,
+    num_samples: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    generator: torch.Generator | None = None,
+    policy_version: int = 0,
+    think: bool | None = None,
+    ignore_eos: bool = False,
+    min_new_tokens: int = 0,
+    timings: dict | None = None,
+    max_rows: int = 0,
+) -> list[Episode]:
+    """Sample `num_samples` completions per problem and score each; group-major order.
+
+    The prompts carry `scorer.system_prompt` (empty: none). `timings`, if given, receives
+    how verification kept up with decoding: "decode_seconds", "verify_tail_seconds" (waiting
+    for verdicts after the last token), "verify_items", "verify_seconds" (first hand-over to
+    last verdict) and "verify_backlog" (completions still unverified when decoding ended).
+    max_rows: the most rows the engine decodes at a time (`Engine.generate`; 0: all)."""
+    prefill = EMPTY_THINK if think is False else ""
+    prompts = [encode_prompt(tokenizer, scorer, p, think) for p in problems]
+    pending: dict[tuple[int, int], tuple[str, dict]] = {}
+    hits, judged = scorer.cache_hits, scorer.judged
+    t_start = time.perf_counter()
+    first_submit: list[float] = []
+
+    def verify_now(c: Completion) -> None:
+        if not first_submit:
+            first_submit.append(time.perf_counter())
+        response = response_text(tokenizer, c.token_ids, prefill)
+        pending[c.prompt_index, c.sample_index] = (
+            response,
+            scorer.submit(response, problems[c.prompt_index]),
+        )
+
+    completions = engine.generate(
+        prompts,
+        num_samples=num_samples,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        stop_token_ids=[] if ignore_eos else tokenizer.stop_ids,
+        min_new_tokens=min_new_tokens,
+        generator=generator,
+        on_complete=verify_now,
+        max_rows=max_rows,
+    )
+    t_decoded = time.perf_counter()
+    backlog = sum(not all(h.done() for h in handles.values()) for _, handles in pending.values())
+    episodes = score_groups(scorer, problems, prompts, completions, pending, num_samples,
+                            policy_version)  # fmt: skip
     if timings is not None:
         t_end = time.perf_counter()
-        timings["decode_seconds"] = timings.get("decode_seconds", 0.0) + t_decoded - t_start
-        timings["verify_tail_seconds"] = timings.get("verify_tail_seconds", 0.0) + t_end - t_decoded
-        timings["verify_items"] = timings.get("verify_items", 0) + len(completions)
-        timings["verify_seconds"] = timings.get("verify_seconds", 0.0) + t_end - first_submit[0]
-        timings["verify_backlog"] = timings.get("verify_backlog", 0) + backlog
-        # the verdict cache's hits and the judge's gradings of these completions
-        timings["verdict_cache_hits"] = timings.get("verdict_cache_hits", 0) + (
-            scorer.cache_hits - hits
-        )
-        timings["judged"] = timings.get("judged", 0) + scorer.judged - judged
+        _add_timings(timings, t_decoded - t_start, t_end - t_decoded, len(completions),
+                     t_end - first_submit[0], backlog, scorer.cache_hits - hits,
+                     scorer.judged - judged)  # fmt: skip
     return episodes
+
+
+def rollout_rounds(
+    engine: Engine,
+    tokenizer: CharTokenizer,
+    scorer: Scorer,
+    next_batch: Callable[[], Sequence[Problem] | None],
+    *,
+    num_samples: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    generator: torch.Generator | None = None,
+    policy_version: int = 0,
+    ignore_eos: bool = False,
+    min_new_tokens: int = 0,
+    timings: dict | None = None,
+    max_rows: int,
+) -> Iterator[list[Episode]]:
+    """Rounds of problems on `max_rows` rows that never wait for a round's slowest sample:
+    the next round's samples take the rows of the last round's finished ones (continuous
+    batching, `Engine.stream`). `next_batch()` gives a round's problems (None: no more),
+    called only when rows free up. Yields each round's scored episodes (group-major) once all
+    of them are in, in round order; stop iterating when enough came (the next round's started
+    samples are dropped). Determined by the seed: rounds start at points of the decoding,
+    never of the clock. Arguments otherwise as for `rollout`."""
+    rounds: list[tuple[Sequence[Problem], int]] = []  # (problems, index of its first prompt)
+    prompts: list[list[int]] = []
+    problems: list[Problem] = []
+
+    def read_prompts() -> Iterator[list[int]]:
+        while (batch := next_batch()) is not None:
+            rounds.append((batch, len(prompts)))
+            for problem in batch:
+                problems.append(problem)
+                prompts.append(encode_prompt(tokenizer, scorer, problem, think=None))
+                yield prompts[-1]
+
+    pending: dict[tuple[int, int], tuple[str, dict]] = {}
+    finished: dict[tuple[int, int], Completion] = {}
+    hits, judged = scorer.cache_hits, scorer.judged
+    t_start = time.perf_counter()
+    first_submit: list[float] = []
+    waited, items = 0.0, 0  # seconds spent waiting for verdicts; episodes scored
+    stream = engine.stream(
+        read_prompts(), num_samples=num_samples, max_new_tokens=max_new_tokens,
+        temperature=temperature, top_p=top_p, top_k=top_k,
+        stop_token_ids=[] if ignore_eos else tokenizer.stop_ids,
+        min_new_tokens=min_new_tokens, generator=generator, max_rows=max_rows,
+    )  # fmt: skip
+    done = 0  # rounds yielded
+    try:
+        for c in stream:
+            if not first_submit:
+                first_submit.append(time.perf_counter())
+            response = response_text(tokenizer, c.token_ids)
+            key = c.prompt_index, c.sample_index
+            pending[key] = (response, scorer.submit(response, problems[c.prompt_index]))
+            finished[key] = c
+            while done < len(rounds) and _round_complete(rounds[done], finished, num_samples):
+                t_wait = time.perf_counter()
+                batch, first = rounds[done]
+                keys = [(i, s) for i in range(first, first + len(batch))
+                        for s in range(num_samples)]  # fmt: skip
+                episodes = score_groups(scorer, problems, prompts,
+                                        [finished.pop(k) for k in keys], pending, num_samples,
+                                        policy_version)  # fmt: skip
+                for k in keys:
+                    del pending[k]
+                waited += time.perf_counter() - t_wait
+                items += len(episodes)
+                done += 1
+                yield episodes
+    finally:
+        stream.close()
+        if timings is not None and first_submit:
+            t_end = time.perf_counter()
+            _add_timings(timings, t_end - t_start - waited, waited, items,
+                         t_end - first_submit[0], 0, scorer.cache_hits - hits,
+                         scorer.judged - judged)  # fmt: skip
+
+
+def _round_complete(round_: tuple[Sequence[Problem], int], finished: dict, k: int) -> bool:
+    batch, first = round_
+    return all((i, s) in finished for i in range(first, first + len(batch)) for s in range(k))
+
+
+def _add_timings(timings: dict, decode: float, tail: float, items: int, verify: float,
+                 backlog: int, cache_hits: int, judged: int) -> None:  # fmt: skip
+    timings["decode_seconds"] = timings.get("decode_seconds", 0.0) + decode
+    timings["verify_tail_seconds"] = timings.get("verify_tail_seconds", 0.0) + tail
+    timings["verify_items"] = timings.get("verify_items", 0) + items
+    timings["verify_seconds"] = timings.get("verify_seconds", 0.0) + verify
+    timings["verify_backlog"] = timings.get("verify_backlog", 0) + backlog
+    # the verdict cache's hits and the judge's gradings of these completions
+    timings["verdict_cache_hits"] = timings.get("verdict_cache_hits", 0) + cache_hits
+    timings["judged"] = timings.get("judged", 0) + judged

@@ -32,7 +32,8 @@ from rlvr.config import Config
 from rlvr.device import autocast
 from rlvr.errors import ConfigError
 from rlvr.sampling.engine import Engine
-from rlvr.sampling.rollout import Episode, rollout
+from rlvr.sampling.rollout import Episode, rollout, rollout_rounds
+from rlvr.sampling.speculative import Speculation
 from rlvr.tasks import Problem
 from rlvr.tokenizer import CharTokenizer
 from rlvr.verifiers.rewards import Scorer
@@ -126,6 +127,62 @@ class ProblemStream:
         return self._pool[offset * self.size : (offset + 1) * self.size]
 
 
+def make_engine(model: torch.nn.Module, tokenizer, cfg: Config) -> Engine:
+    """The sampling engine `cfg.sampler` asks for on `model`: speculative decoding
+    (sampler.speculate), continuous batching. The engine keeps what speculation learns
+    (acceptance, completions of problems that come back) across its calls."""
+    from rlvr.model import Transformer
+
+    s = cfg.sampler
+    needs_rlvr = s.speculate != "off" or s.exact_logprobs
+    if needs_rlvr and not isinstance(model, Transformer):
+        raise ConfigError(
+            f"sampler.speculate and sampler.exact_logprobs need rlvr's model class (Llama, "
+            f"Qwen2, Qwen3 and Mistral checkpoints load into it), not {type(model).__name__}; "
+            'set sampler.speculate = "off" and sampler.exact_logprobs = false for this model.'
+        )
+    speculation = None
+    if s.speculate == "context":
+        speculation = Speculation(s.speculate_tokens)
+    elif s.speculate == "draft":
+        draft = load_draft_model(s.draft_model, tokenizer)
+        draft.to(next(model.parameters()).device)
+        speculation = Speculation(s.speculate_tokens, draft_model=draft)
+    return Engine(model, pad_id=tokenizer.pad_id, speculation=speculation,
+                  continuous_batching=s.continuous_batching)  # fmt: skip
+
+
+def load_draft_model(path: str, tokenizer) -> torch.nn.Module:
+    """The draft model at `path` (an rlvr run or checkpoint folder, or a Hugging Face
+    checkpoint folder), in eval mode; it must be rlvr's model class with `tokenizer`'s
+    vocabulary, else a ConfigError."""
+    from pathlib import Path
+
+    from rlvr.checkpoint import load_checkpoint
+    from rlvr.hf import load_hf_model
+    from rlvr.model import Transformer
+
+    where, folder = f"sampler.draft_model {path}", Path(path)
+    try:
+        if (folder / "config.json").is_file() and not (folder / "rlvr_config.toml").is_file():
+            draft, draft_tokenizer = load_hf_model(folder)
+        else:  # an rlvr run or checkpoint folder
+            draft, draft_tokenizer, _, _ = load_checkpoint(folder)
+    except (ValueError, OSError, ImportError, ConfigError) as e:
+        raise ConfigError(f"{where}: {e}".rstrip(".") + ".") from e
+    if not isinstance(draft, Transformer):
+        raise ConfigError(f"{where} is a {type(draft).__name__}; a draft model must load "
+                          "into rlvr's model class (a Llama, Qwen2, Qwen3 or Mistral model).")  # fmt: skip
+    vocab = tokenizer.vocab_size
+    same = draft_tokenizer.vocab_size == vocab and all(
+        draft_tokenizer.decode([i]) == tokenizer.decode([i]) for i in range(vocab)
+    )
+    if not same:
+        raise ConfigError(f"{where} has another tokenizer than the policy's; a draft model "
+                          "must use the same one.")  # fmt: skip
+    return draft.eval().requires_grad_(False)
+
+
 class Sampler:
     """The sampler role in this process, on the model object it is given.
 
@@ -143,7 +200,7 @@ class Sampler:
 
             folder = cfg.model_path if cfg.model_path and Path(cfg.model_path).is_dir() else ""
             self.vllm = VLLMEngine(model, tokenizer, cfg, model_path=folder)
-        self.engine = self.vllm or Engine(model, pad_id=tokenizer.pad_id)
+        self.engine = self.vllm or make_engine(model, tokenizer, cfg)
         self.generator = torch.Generator().manual_seed(cfg.seed + 2)
         self.problems = ProblemStream(task, cfg)
         self.batches_drawn = 0
@@ -168,6 +225,8 @@ class Sampler:
         # vLLM runs in its own precision (dtype), not under this process's autocast
         precision = autocast(self.cfg, self.model) if self.vllm is None else nullcontext()
         target = g.num_prompts * g.group_size
+        if g.dynamic_sampling and self.engine.continuous_batching and self.engine.streams:
+            return self._sample_rounds(step, policy_version)
         sampled: list[Episode] = []
         kept: list[int] = []
         rounds = flat_groups = 0
@@ -192,6 +251,44 @@ class Sampler:
         return Rollouts(step, policy_version, sampled, kept[:target], rounds, flat_groups,
                         start, time.monotonic(), timings=timings)  # fmt: skip
 
+    def _sample_rounds(self, step: int, policy_version: int) -> Rollouts:
+        """Dynamic sampling with continuous batching: the next round's problems take the
+        rows of the last round's finished samples (`rollout_rounds`), and sampling stops at
+        the first round after which enough groups have unequal rewards."""
+        g, start = self.cfg.grpo, time.monotonic()
+        target = g.num_prompts * g.group_size
+        rounds = 0
+
+        def next_batch() -> list[Problem] | None:
+            nonlocal rounds
+            if rounds == g.max_sampling_rounds:
+                return None
+            rounds += 1
+            self.batches_drawn += 1
+            return self.problems.batch(self.batches_drawn - 1)
+
+        sampled: list[Episode] = []
+        kept: list[int] = []
+        flat_groups, used, timings = 0, 0, {}
+        with autocast(self.cfg, self.model):
+            for new in rollout_rounds(
+                self.engine, self.tokenizer, self.scorer, next_batch,
+                num_samples=g.group_size, max_new_tokens=g.max_new_tokens,
+                temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
+                generator=self.generator, policy_version=policy_version,
+                ignore_eos=g.ignore_eos, min_new_tokens=g.min_new_tokens, timings=timings,
+                max_rows=target,
+            ):  # fmt: skip
+                used += 1
+                keep = informative_groups(new, g.group_size)
+                flat_groups += (len(new) - len(keep)) // g.group_size
+                kept += [len(sampled) + i for i in keep]
+                sampled += new
+                if len(kept) >= target:
+                    break
+        return Rollouts(step, policy_version, sampled, kept[:target], used, flat_groups,
+                        start, time.monotonic(), timings=timings)  # fmt: skip
+
     def publish(self, model: torch.nn.Module, version: int) -> None:
         """The learner's weights after step `version`: nothing to hand over to rlvr's engine
         (the sampler's model is the learner's own); vLLM loads them in place."""
@@ -201,6 +298,8 @@ class Sampler:
     def state_dict(self) -> dict:
         """What a checkpoint needs to continue the same stream of samples."""
         state = {"generator": self.generator.get_state(), "batches_drawn": self.batches_drawn}
+        if self.engine.speculation is not None:  # (its decisions shape the forwards)
+            state["speculation"] = self.engine.speculation.state_dict()
         if self.pending:  # (resumed from an asynchronous run and not yet trained on)
             state["pending_rollouts"] = [self.pending[s].to_dict() for s in sorted(self.pending)]
         return state
@@ -208,6 +307,8 @@ class Sampler:
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
         self.batches_drawn = state["batches_drawn"]
+        if self.engine.speculation is not None and state.get("speculation"):
+            self.engine.speculation.load_state_dict(state["speculation"])
         for data in state.get("pending_rollouts") or []:
             rollouts = Rollouts.from_dict(data)
             self.pending[rollouts.step] = rollouts

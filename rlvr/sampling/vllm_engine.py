@@ -101,6 +101,12 @@ class VLLMEngine:
     `version` is the policy version whose weights vLLM holds (set by `load_weights`).
     """
 
+    # rlvr's engine features that vLLM does for itself or that do not apply: no speculation
+    # state to checkpoint, no row-refilling stream (vLLM batches continuously inside).
+    speculation = None
+    continuous_batching = False
+    streams = False
+
     def __init__(self, model: torch.nn.Module, tokenizer, cfg, model_path: str = "") -> None:
         vllm = import_vllm()
         check_vllm(model)
