@@ -4,6 +4,7 @@
     rlvr train CONFIG.toml [--out DIR] [--model HF_FOLDER] [--key value ...]
     rlvr train --resume DIR [--key value ...]      continue a stopped or killed run
     rlvr eval RUN_DIR [--key value ...]            re-evaluate a saved checkpoint
+    rlvr eval RUN_DIR --think-budgets 8,16,32,64   ... with the test-time compute curve
     rlvr verify INPUT.jsonl [--verifier math|code|puzzle:NAME] [--output OUT.jsonl]
                                                    grade a file of model outputs offline
     rlvr train --help                              every config key with its meaning
@@ -68,6 +69,10 @@ def _parser(resume: bool = False) -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluate a run's checkpoint on the held-out split")
     ev.add_argument("run_dir", help="a run folder or a checkpoint folder")
     ev.add_argument("--output", help="also write the metrics to this JSON file")
+    ev.add_argument("--think-budgets", metavar="B,B,...",
+                    help="thinking budgets in tokens (eval.think_budgets): accuracy with the forced "
+                         "thinking cut at each; for a run folder also its pretrained model, "
+                         "and the curves drawn in plots/think_budget.png")  # fmt: skip
 
     verify = sub.add_parser(
         "verify", help="grade a JSONL file of model outputs (math, code, puzzles)"
@@ -106,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
                 overrides = [*overrides, "--model_path", args.model]
             return _train(Path(args.config), args.out, overrides)
         if args.command == "eval":
+            if args.think_budgets is not None:
+                overrides = [*overrides, "--eval.think_budgets", f"[{args.think_budgets}]"]
             return _eval(Path(args.run_dir), args.output, overrides)
         if args.command == "verify":
             if overrides:
@@ -173,17 +180,38 @@ def _train(
 
 
 def _eval(run_dir: Path, output: str | None, overrides: list[str]) -> int:
+    from rlvr.checkpoint import find_checkpoint, load_checkpoint
+    from rlvr.config import apply_overrides
+
+    model, tokenizer, cfg, state = load_checkpoint(run_dir)
+    apply_overrides(cfg, overrides)
+    metrics = {"checkpoint": str(run_dir), **_evaluate_model(model, tokenizer, cfg)}
+    pretrained = run_dir / "pretrained"
+    if cfg.eval.think_budgets and find_checkpoint(run_dir) != pretrained and pretrained.is_dir():
+        # A run folder: the curve before GRPO too, and both drawn into its plots/
+        from rlvr.evaluate import budget_curve
+        from rlvr.report import plot_think_budgets
+
+        before = _evaluate_model(*load_checkpoint(pretrained)[:2], cfg)
+        curves = {"before GRPO": budget_curve(before), "after GRPO": budget_curve(metrics)}
+        metrics["pretrained"] = before
+        metrics["plot"] = str(plot_think_budgets(run_dir, curves))
+    text = json.dumps(metrics)
+    if output:
+        Path(output).write_text(text + "\n")
+    print(text)
+    return 0
+
+
+def _evaluate_model(model, tokenizer, cfg: Config) -> dict:
+    """evaluate() on the run's held-out problems, as `rlvr eval` prints it."""
     import torch
 
-    from rlvr.checkpoint import load_checkpoint
-    from rlvr.config import apply_overrides
     from rlvr.device import autocast, place_model
     from rlvr.evaluate import evaluate
     from rlvr.train import make_task, seed_everything, system_prompt
     from rlvr.verifiers.rewards import Scorer, open_pool
 
-    model, tokenizer, cfg, state = load_checkpoint(run_dir)
-    apply_overrides(cfg, overrides)
     seed_everything(cfg.seed, cfg.threads)
     place_model(model, cfg.device)
     task = make_task(cfg)
@@ -196,12 +224,7 @@ def _eval(run_dir: Path, output: str | None, overrides: list[str]) -> int:
         scorer = Scorer(task, cfg.reward, cfg.eval.max_new_tokens, pool,
                         system_prompt=system_prompt(cfg))  # fmt: skip
         metrics, _ = evaluate(model, tokenizer, scorer, problems, cfg.eval, seed=cfg.seed)
-    metrics = {"checkpoint": str(run_dir), "eval_problems": len(problems), **metrics}
-    text = json.dumps(metrics)
-    if output:
-        Path(output).write_text(text + "\n")
-    print(text)
-    return 0
+    return {"eval_problems": len(problems), **metrics}
 
 
 if __name__ == "__main__":

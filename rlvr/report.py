@@ -214,6 +214,31 @@ def plot_metrics(run_dir: Path, max_columns: int = 4) -> list[Path]:
     return written
 
 
+def plot_think_budgets(run_dir: Path, curves: dict[str, dict[int, float]]) -> Path:
+    """Draw run_dir/plots/think_budget.png: held-out accuracy against the thinking budget B
+    (tokens), one line per model (e.g. {"pretrained": {8: 0.1, ...}, "after GRPO": ...})."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.2, 3.6))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for label, curve in curves.items():
+        budgets = sorted(curve)
+        ax.plot(budgets, [curve[b] for b in budgets], marker="o", markersize=4, label=label)
+    ax.set_xlabel("thinking budget B (tokens; thinking cut at B, then </think><answer>)", fontsize=8)
+    ax.set_ylabel("held-out accuracy (greedy)", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{Path(run_dir).name}: test-time compute", fontsize=10)
+    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.14, top=0.9)
+    out = Path(run_dir) / "plots" / "think_budget.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    return out
+
+
 def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "phase"
 

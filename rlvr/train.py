@@ -51,15 +51,23 @@ from rlvr.checkpoint import Checkpointer, latest_checkpoint, load_checkpoint, lo
 from rlvr.config import Config, ConfigError, to_toml
 from rlvr.device import autocast, place_model, resolve_device
 from rlvr.errors import StopRequested
-from rlvr.evaluate import evaluate
+from rlvr.evaluate import budget_curve, evaluate
 from rlvr.learning.learner import GRPOLearner, StepResult
 from rlvr.learning.pretrain import pretrain
 from rlvr.learning.updates import too_many_bad_steps
 from rlvr.lora import check_targets
 from rlvr.model import Transformer
-from rlvr.report import RunLogger, console, plot_metrics, progress_bar, write_samples
+from rlvr.report import (
+    RunLogger,
+    console,
+    plot_metrics,
+    plot_think_budgets,
+    progress_bar,
+    write_samples,
+)
 from rlvr.sampling.sampler import Rollouts, Sampler
 from rlvr.tasks import TASKS, Problem
+from rlvr.tasks.countdown import search_metrics
 from rlvr.tokenizer import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, CharTokenizer
 from rlvr.verifiers.rewards import Scorer, open_pool
 
@@ -185,6 +193,9 @@ def step_metrics(rollouts: Rollouts, result: StepResult, seconds: float, group_s
         "response_length": num_tokens / n,
         "sampled_tokens": num_tokens,
         "truncated_rate": sum(ep.finish_reason == "length" for ep in sampled) / n,
+        # countdown's search: the share of responses that back off and try again, tries each
+        **(search_metrics([ep.response for ep in sampled])
+           if sampled[0].problem.verifier == "countdown" else {}),
         "verifier_failures": sum(ep.verifier_failures for ep in sampled),
         "bad_rewards": sum(ep.bad_rewards for ep in sampled),
         "skipped_updates": result.skipped,
@@ -385,6 +396,11 @@ def run(cfg: Config, resume: bool = False) -> tuple[Path, dict]:
 
     if cfg.plots:
         plot_metrics(run_dir)
+        if cfg.eval.think_budgets:  # the test-time compute curve, before and after GRPO
+            curves = {"before GRPO": budget_curve(before)}
+            if cfg.grpo.steps > 0:
+                curves["after GRPO"] = budget_curve(after)
+            plot_think_budgets(run_dir, curves)
     for key, value in before.items():
         summary[f"pretrain_{key}"] = value
     for key, value in after.items():

@@ -70,6 +70,8 @@ class Engine:
         stop_token_ids: Sequence[int] = (),
         stop_sequences: Sequence[Sequence[int]] = (),
         min_new_tokens: int = 0,
+        suppress_ids: Sequence[int] = (),
+        suppress_until_ids: Sequence[int] = (),
         generator: torch.Generator | None = None,
         on_complete: Callable[[Completion], None] | None = None,
     ) -> list[Completion]:
@@ -81,7 +83,10 @@ class Engine:
         until then the stop tokens are masked out of the sampling distribution before top-k
         and top-p (as transformers' min_new_tokens and vLLM's min_tokens do; the returned
         logprobs stay those of the unmasked distribution) and stop sequences are not checked
-        (as vLLM does). The same `generator` seed gives the same completions.
+        (as vLLM does). The token ids in `suppress_ids` are kept out of a row's sampling the
+        same way until that row has sampled one of `suppress_until_ids` (forced thinking keeps
+        `</think>` out until the first newline). The same `generator` seed gives the same
+        completions.
         `on_complete(completion)` is called as each one finishes, while the others are still
         decoding (the rollout starts verifying there).
         """
@@ -144,10 +149,21 @@ class Engine:
         all_rows = True  # no row dropped yet: `rows` is every row, in order
         done = torch.zeros(num_rows, dtype=torch.bool, device=device)  # per active row
         one_stop_id = int(stop_ids[0]) if len(stop_ids) == 1 else None
+        suppress = torch.tensor(list(suppress_ids), dtype=torch.long, device=device)
+        release = torch.tensor(list(suppress_until_ids), dtype=torch.long, device=device)
+        held = torch.full((num_rows,), len(suppress) > 0, device=device)  # per active row
         finished: dict[int, Completion] = {}  # row -> its completion (with on_complete only)
         for step in range(max_new_tokens):
             banned = stop_ids if step < min_new_tokens and len(stop_ids) else None
+            if len(suppress) and bool(held.any()):  # (n, V) mask: per row, unlike the stops
+                mask = torch.zeros(logits.shape, dtype=torch.bool, device=device)
+                mask[:, suppress] = held[:, None]
+                if banned is not None:
+                    mask[:, banned] = True
+                banned = mask
             token, logprob = sample(logits, temperature, top_k, top_p, generator, banned)
+            if len(suppress):
+                held &= ~torch.isin(token, release)
             if all_rows:  # a plain column write is cheaper than scattering into `rows`
                 tokens[:, step] = token
                 logprobs[:, step] = logprob
@@ -185,6 +201,7 @@ class Engine:
                     if not fixed and int(done.sum()) * 4 >= len(done):
                         keep = (~done).nonzero().squeeze(1)
                         rows, done, token = rows[keep], done[keep], token[keep]
+                        held = held[keep]
                         all_rows = False
                         position = position[keep]
                         cache.select_rows(keep)
@@ -387,16 +404,17 @@ def sample(
     banned: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw one token per row of logits (n, V); return the tokens (n,) and their logprobs (n,)
-    under softmax(logits / temperature) before truncation (raw logits when greedy). Token ids
-    in `banned` are never drawn (a truncation like top-k: their mass is not in the logprobs)."""
+    under softmax(logits / temperature) before truncation (raw logits when greedy). Tokens
+    `banned` (ids (k,) for every row, or a bool mask (n, V) per row) are never drawn (a
+    truncation like top-k: their mass is not in the logprobs)."""
     if temperature == 0:
-        allowed = logits if banned is None else logits.index_fill(-1, banned, float("-inf"))
+        allowed = _ban(logits, banned)
         token = allowed.argmax(-1)
         logprob = F.log_softmax(logits, -1).gather(-1, token[:, None]).squeeze(-1)
         return token, logprob
     # (x / 1.0 == x exactly: skip the copy at temperature 1.)
     logp = F.log_softmax(logits / temperature if temperature != 1.0 else logits, -1)  # (n, V)
-    truncated = logp if banned is None else logp.index_fill(-1, banned, float("-inf"))
+    truncated = _ban(logp, banned)
     if 0 < top_k < logp.shape[-1]:
         kth = truncated.topk(top_k, dim=-1).values[:, -1:]  # (n, 1), among allowed tokens
         truncated = truncated.masked_fill(truncated < kth, float("-inf"))
@@ -414,3 +432,12 @@ def sample(
     u = torch.rand((len(cdf), 1), generator=generator, device=where).to(cdf.device) * cdf[:, -1:]
     token = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
     return token, logp.gather(-1, token[:, None]).squeeze(-1)
+
+
+def _ban(x: torch.Tensor, banned: torch.Tensor | None) -> torch.Tensor:
+    """x (n, V) with the banned tokens at -inf: ids (k,) in every row, or a bool mask (n, V)."""
+    if banned is None:
+        return x
+    if banned.dtype == torch.bool:
+        return x.masked_fill(banned, float("-inf"))
+    return x.index_fill(-1, banned, float("-inf"))
