@@ -1,6 +1,7 @@
 """The `rlvr` command. Subcommands only parse their arguments and call into the package.
 
     rlvr demo [--out DIR] [--key value ...]        pretrain -> eval -> GRPO -> eval, on the CPU
+    rlvr demo --recipe countdown                   ... on countdown, where the thinking searches
     rlvr train CONFIG.toml [--out DIR] [--model HF_FOLDER] [--key value ...]
     rlvr train --resume DIR [--key value ...]      continue a stopped or killed run
     rlvr eval RUN_DIR [--key value ...]            re-evaluate a saved checkpoint
@@ -55,6 +56,8 @@ def _parser(resume: bool = False) -> argparse.ArgumentParser:
                           epilog=_help_keys(), formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     demo.add_argument("--out", help="run folder (default: runs/demo-<time>)")
     demo.add_argument("--resume", metavar="DIR", help="continue the demo run in DIR")
+    demo.add_argument("--recipe", default="demo",
+                      help="a shipped recipe: demo (arithmetic) or countdown (search)")  # fmt: skip
 
     train = sub.add_parser("train", help="run a recipe: pretrain or load, evaluate, GRPO, evaluate",
                            epilog=_help_keys(), formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -103,7 +106,11 @@ def main(argv: list[str] | None = None) -> int:
                 )
             return _resume(Path(args.resume), overrides)
         if args.command == "demo":
-            return _train(recipe_path("demo"), args.out, overrides)
+            if not recipe_path(args.recipe).is_file():
+                raise ConfigError(
+                    f"rlvr demo --recipe {args.recipe}: no such recipe; use demo or countdown."
+                )
+            return _train(recipe_path(args.recipe), args.out, overrides)
         if args.command == "train":
             if not args.config:
                 raise ConfigError("rlvr train needs a CONFIG.toml (or --resume DIR).")

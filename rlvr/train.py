@@ -61,6 +61,7 @@ from rlvr.report import (
     RunLogger,
     console,
     plot_metrics,
+    plot_series,
     plot_think_budgets,
     progress_bar,
     write_samples,
@@ -401,6 +402,9 @@ def run(cfg: Config, resume: bool = False) -> tuple[Path, dict]:
             if cfg.grpo.steps > 0:
                 curves["after GRPO"] = budget_curve(after)
             plot_think_budgets(run_dir, curves)
+        if cfg.task.name == "countdown":  # does the search get longer, back off more often?
+            plot_series(run_dir, "grpo", ["accuracy", "response_length", "backtrack_rate"],
+                        "search")  # fmt: skip
     for key, value in before.items():
         summary[f"pretrain_{key}"] = value
     for key, value in after.items():
