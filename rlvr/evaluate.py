@@ -7,6 +7,8 @@
 - accuracy_think: greedy, with thinking forced on: `<think>` prefilled and `</think>` kept
   out of sampling until the thinking has a first line (one step). How good the thinking
   is, whether or not the model would have chosen to think.
+- backtrack_rate_think, tries_think (countdown): how the forced search went
+  (`rlvr.tasks.countdown.search_metrics`).
 - accuracy_budget_B (for each B in `eval.think_budgets`): budget forcing as in s1
   (Muennighoff et al. 2025, "s1: Simple test-time scaling"): the forced thinking is cut
   after B tokens and `</think><answer>` appended, and the model answers from there. A
@@ -15,7 +17,8 @@
 - pass@1 / pass@k: k samples per problem at `eval.temperature`, with the unbiased estimator
   of Chen et al. 2021 ("Evaluating Large Language Models Trained on Code").
 - maj@k: the most common extracted answer among the k samples, then verified.
-- format_rate, think_rate, response_length: of the greedy responses.
+- format_rate, think_rate, response_length: of the greedy responses (response_length_think:
+  of the forced-think ones).
 
     rlvr eval RUN_DIR        # re-evaluates a saved checkpoint
 """
@@ -32,6 +35,7 @@ from rlvr.config import EvalConfig
 from rlvr.sampling.engine import Engine
 from rlvr.sampling.rollout import Episode, rollout
 from rlvr.tasks import Problem
+from rlvr.tasks.countdown import search_metrics
 from rlvr.tokenizer import ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, CharTokenizer
 from rlvr.verifiers.format import parse_response
 from rlvr.verifiers.rewards import Scorer
@@ -164,6 +168,9 @@ def evaluate(
         "truncated_rate": sum(ep.finish_reason == "length" for ep in greedy) / len(greedy),
         "response_length_think": sum(len(ep.completion_ids) for ep in think) / len(think),
     }
+    if problems[0].verifier == "countdown":  # how the forced search went: backtracks, tries
+        found = search_metrics([ep.response for ep in think])
+        metrics.update({f"{key}_think": value for key, value in found.items()})
     if sampled:
         for budget in cfg.think_budgets:
             cut = budget_forced(engine, tokenizer, scorer, think, budget, cfg)

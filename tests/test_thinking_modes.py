@@ -188,8 +188,8 @@ def test_evaluate_reports_forced_think_and_the_budget_curve():
     cfg = EvalConfig(num_problems=6, num_samples=0, max_new_tokens=24, think_budgets=[4, 24])
     metrics, samples = evaluate(model, TOK, scorer(task), problems, cfg)
     for key in ["accuracy_think", "response_length_think", "accuracy_budget_4",
-                "accuracy_budget_24"]:  # fmt: skip
-        assert 0 <= metrics[key] <= (1 if key.startswith("acc") else 24), key
+                "accuracy_budget_24", "backtrack_rate_think", "tries_think"]:  # fmt: skip
+        assert 0 <= metrics[key] <= (24 if key.startswith(("resp", "tries")) else 1), key
     assert budget_curve(metrics) == {4: metrics["accuracy_budget_4"],
                                      24: metrics["accuracy_budget_24"]}  # fmt: skip
     assert all(s["think_response"].startswith("<think>") for s in samples)
