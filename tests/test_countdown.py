@@ -73,8 +73,14 @@ def test_search_traces_are_valid(searching):
                 assert steps[-1][-1][3] == target and verdicts[-1] == "yes"
             else:
                 assert wrong == []
-            # Each try says yes exactly when its last result is the target; the search stops
-            # at the first yes; every line is a different try.
+            # The tries follow each other in the order of `tries`, from any start, wrapping
+            # around; each says yes exactly when its last result is the target; the search
+            # stops at the first yes; every line is a different try.
+            walk = [[tuple(s) for s in t.steps] for t in tries(numbers, target)]
+            start = walk.index(steps[0]) if not slip or len(steps) > 1 else None
+            if start is not None:
+                expected = (walk[start:] + walk[:start])[: len(steps)]
+                assert steps[:-1] == expected[:-1] and (slip or steps[-1] == expected[-1])
             for line, verdict in zip(steps, verdicts):
                 assert (verdict == "yes") == (line[-1][3] == target)
             assert "yes" not in verdicts[:-1]
@@ -133,6 +139,7 @@ def test_give_up_rates_follow_the_list():
 
 def test_tries_take_the_closest_last_step():
     found = {" ".join(map(str, t.steps)): t.expression for t in tries([3, 7, 9], 60)}
+    assert list(found)[:4] == ["9+7=16 16*3=48", "9-7=2 3*2=6", "9*7=63 63-3=60", "9+3=12 12*7=84"]
     assert found["9*7=63 63-3=60"] == "(9*7)-3"
     assert found["7-3=4 9*4=36"] == "9*(7-3)"  # the number left is larger: it goes first
     assert found["9+7=16 16*3=48"] == "(9+7)*3"  # 48 is nearer 60 than 19 or 13

@@ -172,9 +172,9 @@ def test_countdown_trace_searches_until_it_hits():
         "train",
         {"numbers": [3, 7, 9], "target": 60},
     )
-    assert task.completion(p, random.Random(5), think=True, slip=False) == (
-        "<think>7*3=21 21+9=30 no\n9+3=12 12*7=84 no\n7-3=4 9*4=36 no\n7+3=10 10*9=90 no\n"
-        "9*7=63 63-3=60 yes\n</think><answer>(9*7)-3</answer>"
+    assert task.completion(p, random.Random(2), think=True, slip=False) == (
+        "<think>9+7=16 16*3=48 no\n9-7=2 3*2=6 no\n9*7=63 63-3=60 yes\n</think>"
+        "<answer>(9*7)-3</answer>"
     )
 
 

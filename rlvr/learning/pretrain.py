@@ -28,12 +28,33 @@ from rlvr.report import RunLogger, progress_bar
 from rlvr.tokenizer import CharTokenizer
 
 
+# A micro-batch's longest row is at most this many times its shortest (see `by_length`).
+MAX_LENGTH_RATIO = 1.5
+
+
+def by_length(rows: list[tuple[list[int], list[int]]]) -> list[list[tuple[list[int], list[int]]]]:
+    """`rows` as one micro-batch when the longest is within MAX_LENGTH_RATIO of the shortest
+    (then in their order, so such batches are computed exactly as before), else sorted by
+    length and cut wherever a row would exceed that ratio: countdown's searches run from one
+    try to nine, and padding them all to the longest wasted more than half the compute."""
+    lengths = [len(ids) for ids, _ in rows]
+    if max(lengths) <= MAX_LENGTH_RATIO * min(lengths):
+        return [rows]
+    parts: list[list] = []
+    for row in sorted(rows, key=lambda r: len(r[0])):
+        if not parts or len(row[0]) > MAX_LENGTH_RATIO * len(parts[-1][0][0]):
+            parts.append([])
+        parts[-1].append(row)
+    return parts
+
+
 def pretrain_batch(task, tokenizer: CharTokenizer, rng: random.Random, cfg: Config, step: int):
     """One step of synthetic solutions, as length-grouped, right-padded micro-batches.
 
     Some examples answer at once, some think step by step, and some of those traces slip.
     Answer-only examples are short and traces long, so each kind is padded on its own
-    (padding one batch to the longest trace wasted ~45% of the compute). Returns a list of
+    (padding one batch to the longest trace wasted ~45% of the compute), and a kind whose
+    lengths vary widely is split further (`by_length`). Returns a list of
     (input ids (b, T), loss mask (b, T-1)) pairs; the mask is 1 on completion tokens only.
     """
     p = cfg.pretrain
@@ -47,9 +68,7 @@ def pretrain_batch(task, tokenizer: CharTokenizer, rng: random.Random, cfg: Conf
         completion.append(tokenizer.eos_id)
         groups[think].append((prompt + completion, [0] * (len(prompt) - 1) + [1] * len(completion)))
     batches = []
-    for rows in groups.values():
-        if not rows:
-            continue
+    for rows in [part for group in groups.values() if group for part in by_length(group)]:
         width = max(len(ids) for ids, _ in rows)
         ids_t = torch.full((len(rows), width), tokenizer.pad_id, dtype=torch.long)
         mask_t = torch.zeros((len(rows), width - 1))

@@ -15,15 +15,15 @@ lands closest to the target, so a try hits the target exactly when its branch ca
 is compared with the target: ` no` backs off to another branch, ` yes` ends the search, and
 the answer is the expression of the try that said yes:
 
-    3 7 9 -> 60   ->   <think>7*3=21 21+9=30 no
-                       9+3=12 12*7=84 no
-                       7-3=4 9*4=36 no
-                       7+3=10 10*9=90 no
+    3 7 9 -> 60   ->   <think>9+7=16 16*3=48 no
+                       9-7=2 3*2=6 no
                        9*7=63 63-3=60 yes
                        </think><answer>(9*7)-3</answer>
 
-A step writes the larger operand first (`9+7=16`, `7*6=42`). The tries come in a random
-order. Pretraining mixes four kinds of solutions (`completion`): answer at once (no
+A step writes the larger operand first (`9+7=16`, `3*2=6`). A search starts at a random
+try and walks them in a fixed order (`tries`: the pair of the two largest numbers first,
+with + - *, then the next pair), wrapping around, so the next try follows from the last
+line alone: a small model need not remember which tries it has made. Pretraining mixes four kinds of solutions (`completion`): answer at once (no
 thinking), search that goes on until it finds the target, search that gives up after a few
 failed tries (`give_up`: the chance to stop after the 1st, 2nd, ... failed try, answering
 with the nearest miss), and search with a slip (a try miscomputed to land on the target and
@@ -100,7 +100,8 @@ class Try(NamedTuple):
 
 def branches(numbers: list[int]) -> list[Branch]:
     """Every distinct branch over `numbers` (at least 2): chains that combine all but one of
-    them, left to right (a pair first, then one number at a time)."""
+    them, left to right (a pair first, then one number at a time). In order: pairs from the
+    largest numbers down (for 3 7 9: 9 and 7, 9 and 3, 7 and 3), each with + - *."""
     out: dict[tuple[Step, ...], Branch] = {}
 
     def extend(steps: tuple[Step, ...], expr: str, value: int, rest: list[int]) -> None:
@@ -115,6 +116,7 @@ def branches(numbers: list[int]) -> list[Branch]:
                     extend((*steps, step), _join(left, op, right, True), step.result,
                            rest[:k] + rest[k + 1 :])  # fmt: skip
 
+    numbers = sorted(numbers, reverse=True)
     for i, j in combinations(range(len(numbers)), 2):
         for op in OPS:
             step = combine(numbers[i], op, numbers[j])
@@ -149,7 +151,7 @@ def finish(branch: Branch, target: int) -> Try:
 
 
 def tries(numbers: list[int], target: int) -> list[Try]:
-    """Every try over `numbers`, one per branch, in a fixed order."""
+    """Every try over `numbers`, one per branch, in the order a search walks them."""
     return [finish(b, target) for b in branches(numbers)]
 
 
@@ -225,9 +227,10 @@ class CountdownTask(Task):
         return verify_countdown(response, problem.meta["numbers"], problem.meta["target"])
 
     def completion(self, problem: Problem, rng: random.Random, think: bool, slip: bool) -> str:
-        """A pretraining solution: the answer at once (think=False), or a search in random
-        order that stops at the first hit, or gives up (`give_up`), or, with slip=True,
-        accepts a near miss miscomputed to land on the target (so the answer is wrong)."""
+        """A pretraining solution: the answer at once (think=False), or a search that walks
+        the tries in order from a random one (wrapping around) and stops at the first hit,
+        or gives up (`give_up`), or, with slip=True, accepts the nearest miss before the
+        first hit, miscomputed to land on the target (so the answer is wrong)."""
         if not think:
             if slip:
                 raise ValueError(
@@ -236,17 +239,19 @@ class CountdownTask(Task):
             return f"{EMPTY_THINK}{ANSWER_OPEN}{problem.answer}{ANSWER_CLOSE}"
         target = problem.meta["target"]
         order = tries(problem.meta["numbers"], target)
-        rng.shuffle(order)
-        first_hit = next(i for i, t in enumerate(order) if t.value == target)
-        slipped = None
-        if slip:  # the nearest miss, moved to a random place before the first hit
-            misses = [t for t in order if t.value != target]
-            if not misses:
+        hits = [t.value == target for t in order]
+        if slip:  # start at a miss; the nearest miss before the first hit is accepted
+            starts = [i for i, hit in enumerate(hits) if not hit]
+            if not starts:
                 raise ValueError(f"Every try of {problem.prompt!r} hits: cannot make a slip.")
-            slipped = min(misses, key=lambda t: (abs(t.value - target), order.index(t)))
-            order.remove(slipped)
+            start = rng.choice(starts)
+        else:
+            start = rng.randrange(len(order))
+        order = order[start:] + order[:start]
+        slipped = None
+        if slip:
             first_hit = next(i for i, t in enumerate(order) if t.value == target)
-            order.insert(rng.randint(0, first_hit), slipped)
+            slipped = min(order[:first_hit], key=lambda t: abs(t.value - target))
         lines: list[str] = []
         answer = None
         for i, attempt in enumerate(order):
