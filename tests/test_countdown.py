@@ -9,6 +9,7 @@ from collections import Counter
 
 import pytest
 
+from rlvr.learning.pretrain import by_length
 from rlvr.tasks import CountdownTask, Problem
 from rlvr.tasks.countdown import branches, finish, search_metrics, tries
 from rlvr.verifiers.countdown import check_countdown, evaluate_expression
@@ -178,3 +179,14 @@ def test_search_metrics_read_back_what_a_response_did():
 def test_give_up_must_be_chances():
     with pytest.raises(ValueError, match="give_up"):
         CountdownTask(give_up=[1.5])
+
+
+def test_pretraining_splits_examples_of_very_different_lengths():
+    rows = [([1] * n, [1] * (n - 1)) for n in (30, 10, 100, 12, 31)]
+    assert [[len(ids) for ids, _ in part] for part in by_length(rows)] == [
+        [10, 12],
+        [30, 31],
+        [100],
+    ]
+    close = [([1] * n, [1] * (n - 1)) for n in (40, 30, 44)]  # within 1.5x: kept as they are
+    assert by_length(close) == [close]
