@@ -22,7 +22,7 @@ import statistics
 import time
 
 import torch
-from rlvr.evaluate import evaluate
+from rlvr.evaluation import evaluate
 
 from rlvr.checkpoint import load_checkpoint
 from rlvr.cli import recipe_path

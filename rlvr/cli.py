@@ -1,12 +1,14 @@
 """The `rlvr` command. Subcommands only parse their arguments and call into the package.
 
     rlvr demo [--out DIR] [--key value ...]        pretrain -> eval -> GRPO -> eval, on the CPU
+    rlvr demo --recipe countdown                   ... on countdown, where the thinking searches
     rlvr train CONFIG.toml [--out DIR] [--model HF_FOLDER] [--key value ...]
     rlvr train --resume DIR [--key value ...]      continue a stopped or killed run
     rlvr iterate CONFIG.toml [--out DIR] [--key value ...]
                                                    self-improvement: rounds of sample -> keep
                                                    verified traces -> fine-tune -> evaluate
     rlvr eval RUN_DIR [--key value ...]            re-evaluate a saved checkpoint
+    rlvr eval RUN_DIR --think-budgets 8,16,32,64   ... with the test-time compute curve
     rlvr report RUN_DIR [RUN_DIR ...] [--out FILE] one HTML page for a run, or runs compared
     rlvr verify INPUT.jsonl [--verifier math|choice|code|puzzle:NAME|judge] [--output OUT.jsonl]
                             [--judge-model HF_FOLDER]  grade a file of model outputs offline
@@ -61,6 +63,8 @@ def _parser(resume: bool = False) -> argparse.ArgumentParser:
                           epilog=_help_keys(), formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     demo.add_argument("--out", help="run folder (default: runs/demo-<time>)")
     demo.add_argument("--resume", metavar="DIR", help="continue the demo run in DIR")
+    demo.add_argument("--recipe", default="demo",
+                      help="a shipped recipe: demo (arithmetic) or countdown (search)")  # fmt: skip
 
     train = sub.add_parser("train", help="run a recipe: pretrain or load, evaluate, GRPO, evaluate",
                            epilog=_help_keys(), formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -86,6 +90,10 @@ def _parser(resume: bool = False) -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluate a run's checkpoint on the held-out split")
     ev.add_argument("run_dir", help="a run folder or a checkpoint folder")
     ev.add_argument("--output", help="also write the metrics to this JSON file")
+    ev.add_argument("--think-budgets", metavar="B,B,...",
+                    help="thinking budgets in tokens (eval.think_budgets): accuracy with the forced "
+                         "thinking cut at each; for a run folder also its pretrained model, "
+                         "and the curves drawn in plots/think_budget.png")  # fmt: skip
 
     report = sub.add_parser(
         "report", help="write report.html: one run's results, or several runs side by side"
@@ -135,7 +143,11 @@ def main(argv: list[str] | None = None) -> int:
                 )
             return _resume(Path(args.resume), overrides, iterate=args.command == "iterate")
         if args.command == "demo":
-            return _train(recipe_path("demo"), args.out, overrides)
+            if not recipe_path(args.recipe).is_file():
+                raise ConfigError(
+                    f"rlvr demo --recipe {args.recipe}: no such recipe; use demo or countdown."
+                )
+            return _train(recipe_path(args.recipe), args.out, overrides)
         if args.command in ("train", "iterate"):
             if not args.config:
                 raise ConfigError(f"rlvr {args.command} needs a CONFIG.toml (or --resume DIR).")
@@ -144,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
             return _train(Path(args.config), args.out, overrides,
                           iterate=args.command == "iterate")  # fmt: skip
         if args.command == "eval":
+            if args.think_budgets is not None:
+                overrides = [*overrides, "--eval.think_budgets", f"[{args.think_budgets}]"]
             return _eval(Path(args.run_dir), args.output, overrides)
         if args.command == "report":
             if overrides:
@@ -257,8 +271,20 @@ def _sweep(sweep_file: Path, out: str | None, overrides: list[str]) -> int:
 
 def _eval(run_dir: Path, output: str | None, overrides: list[str]) -> int:
     from rlvr.api import evaluate
+    from rlvr.checkpoint import find_checkpoint
+    from rlvr.evaluation import budget_curve
 
-    metrics = evaluate(run_dir, dict(parse_overrides(overrides)))
+    keys = dict(parse_overrides(overrides))
+    metrics = evaluate(run_dir, keys)
+    pretrained = run_dir / "pretrained"
+    if budget_curve(metrics) and find_checkpoint(run_dir) != pretrained and pretrained.is_dir():
+        # A run folder: the curve before GRPO too, and both drawn into its plots/
+        from rlvr.report import plot_think_budgets
+
+        before = evaluate(pretrained, keys)
+        curves = {"before GRPO": budget_curve(before), "after GRPO": budget_curve(metrics)}
+        metrics["pretrained"] = before
+        metrics["plot"] = str(plot_think_budgets(run_dir, curves))
     text = json.dumps(metrics)
     if output:
         Path(output).write_text(text + "\n")

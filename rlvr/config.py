@@ -270,6 +270,10 @@ class EvalConfig:
     """Problems per engine call."""
     num_logged_samples: int = 20
     """Completions written to samples/ at each evaluation."""
+    think_budgets: list = field(default_factory=list)
+    """Thinking budgets B (tokens, each at most max_new_tokens) of the test-time compute
+    curve: accuracy with the forced thinking cut at B tokens and `</think><answer>` appended
+    (s1's budget forcing), before and after GRPO; [] skips it."""
 
 
 PHASE_KINDS = ("sft", "grpo", "dpo", "rsft", "distill")
@@ -914,6 +918,11 @@ def validate(cfg: Config) -> None:
         'that trained one); the from-scratch model has no system prompt: set system_prompt = "".',
     )
     need(e.num_samples != 1, "eval.num_samples must be 0 (off) or at least 2 for pass@k and maj@k.")
+    need(
+        all(type(b) is int and 1 <= b <= e.max_new_tokens for b in e.think_budgets),
+        f"eval.think_budgets must be whole numbers of tokens from 1 to eval.max_new_tokens "
+        f"({e.max_new_tokens}), got {e.think_budgets!r}.",
+    )
     r, c = cfg.reward, cfg.checkpoint
     for key, value in [
         ("reward.overlong_buffer", r.overlong_buffer),

@@ -455,6 +455,60 @@ def plot_hacking(run_dir: Path, out: Path) -> Path | None:
     return out
 
 
+def plot_series(run_dir: Path, phase: str, keys: list[str], name: str) -> Path | None:
+    """Draw run_dir/plots/<name>.png: the metrics `keys` of one phase side by side, x = step
+    (e.g. countdown's response length and backtrack rate over GRPO). None: none logged."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    records = [r for r in read_metrics(run_dir) if r["phase"] == phase]
+    found = [k for k in keys if any(_is_number(r.get(k)) for r in records)]
+    if not found:
+        return None
+    fig = Figure(figsize=(3.6 * len(found), 2.8))
+    FigureCanvasAgg(fig)
+    for i, key in enumerate(found):
+        points = [(r["step"], r[key]) for r in records if _is_number(r.get(key))]
+        ax = fig.add_subplot(1, len(found), i + 1)
+        ax.plot([x for x, _ in points], [y for _, y in points], linewidth=1.2)
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel(f"{phase} step", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.17, top=0.88, wspace=0.3)
+    out = Path(run_dir) / "plots" / f"{_safe_name(name)}.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    return out
+
+
+def plot_think_budgets(run_dir: Path, curves: dict[str, dict[int, float]]) -> Path:
+    """Draw run_dir/plots/think_budget.png: held-out accuracy against the thinking budget B
+    (tokens), one line per model (e.g. {"pretrained": {8: 0.1, ...}, "after GRPO": ...})."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.2, 3.6))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for label, curve in curves.items():
+        budgets = sorted(curve)
+        ax.plot(budgets, [curve[b] for b in budgets], marker="o", markersize=4, label=label)
+    ax.set_xlabel(
+        "thinking budget B (tokens; thinking cut at B, then </think><answer>)", fontsize=8
+    )
+    ax.set_ylabel("held-out accuracy (greedy)", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{Path(run_dir).name}: test-time compute", fontsize=10)
+    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.14, top=0.9)
+    out = Path(run_dir) / "plots" / "think_budget.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    return out
+
+
 def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "phase"
 

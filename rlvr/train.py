@@ -52,7 +52,7 @@ from rlvr.cluster import check_model, check_ray, ray_session
 from rlvr.config import Config, ConfigError, phase_configs, to_toml
 from rlvr.device import autocast, place_model, resolve_device
 from rlvr.errors import StopRequested
-from rlvr.evaluation import evaluate
+from rlvr.evaluation import budget_curve, evaluate
 from rlvr.learning.distributed import DistributedLearner, check_data_parallel
 from rlvr.learning.learner import GRPOLearner, StepResult
 from rlvr.learning.pretrain import pretrain
@@ -63,6 +63,8 @@ from rlvr.report import (
     RunLogger,
     console,
     plot_metrics,
+    plot_series,
+    plot_think_budgets,
     progress_bar,
     read_metrics,
     write_samples,
@@ -74,6 +76,7 @@ from rlvr.sampling.ray_sampler import RaySampler
 from rlvr.sampling.sampler import Rollouts, Sampler, make_engine
 from rlvr.sampling.vllm_engine import check_vllm
 from rlvr.tasks import TASKS, Problem
+from rlvr.tasks.countdown import search_metrics
 from rlvr.timeline import plot_timeline, record_step
 from rlvr.tokenizer import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, CharTokenizer
 from rlvr.verifiers.hacking import flagged_shares
@@ -209,6 +212,9 @@ def step_metrics(rollouts: Rollouts, result: StepResult, times: dict[str, float]
         "response_length": num_tokens / n,
         "sampled_tokens": num_tokens,
         "truncated_rate": sum(ep.finish_reason == "length" for ep in sampled) / n,
+        # countdown's search: the share of responses that back off and try again, tries each
+        **(search_metrics([ep.response for ep in sampled])
+           if sampled[0].problem.verifier == "countdown" else {}),
         "verifier_failures": sum(ep.verifier_failures for ep in sampled),
         "bad_rewards": sum(ep.bad_rewards for ep in sampled),
         **flagged_shares([ep.flags for ep in sampled], [ep.verdict.reward > 0 for ep in sampled]),
@@ -670,6 +676,14 @@ def run_job(cfg: Config, resume: bool) -> tuple[Path, dict]:
     if cfg.plots:
         plot_metrics(run_dir)
         plot_timeline(run_dir)
+        if cfg.eval.think_budgets:  # the test-time compute curve, before and after GRPO
+            curves = {"before GRPO": budget_curve(before)}
+            if cfg.grpo.steps > 0:
+                curves["after GRPO"] = budget_curve(after)
+            plot_think_budgets(run_dir, curves)
+        if cfg.task.name == "countdown":  # does the search get longer, back off more often?
+            plot_series(run_dir, "grpo", ["accuracy", "response_length", "backtrack_rate"],
+                        "search")  # fmt: skip
     for key, value in before.items():
         summary[f"pretrain_{key}"] = value
     for key, value in after.items():

@@ -153,8 +153,8 @@ def test_countdown_problems_are_solvable_and_sensible():
     task = CountdownTask()
     for p in task.problems("train", 500, seed=0):
         numbers, target = p.meta["numbers"], p.meta["target"]
-        assert len(numbers) == 4 and all(1 <= n <= 20 for n in numbers)
-        assert 10 <= target <= 100 and target not in numbers
+        assert len(numbers) == 3 and all(1 <= n <= 20 for n in numbers)
+        assert 10 <= target <= 99 and target not in numbers
         assert p.prompt == " ".join(map(str, sorted(numbers))) + f" -> {target}"
         assert check_countdown(p.answer, numbers, target) == (True, "ok")
         # The gold expression never goes negative or fractional along the way.
@@ -162,18 +162,19 @@ def test_countdown_problems_are_solvable_and_sensible():
             assert step.result >= 0 and step.result.denominator == 1
 
 
-def test_countdown_trace_follows_the_gold_expression():
+def test_countdown_trace_searches_until_it_hits():
     task = CountdownTask()
     p = Problem(
         "x",
-        "3 7 9 12 -> 51",
-        "7*9-12",
+        "3 7 9 -> 60",
+        "(9*7)-3",
         "countdown",
         "train",
-        {"numbers": [3, 7, 9, 12], "target": 51},
+        {"numbers": [3, 7, 9], "target": 60},
     )
-    assert task.completion(p, random.Random(0), think=True, slip=False) == (
-        "<think>7*9=63\n63-12=51</think><answer>7*9-12</answer>"
+    assert task.completion(p, random.Random(2), think=True, slip=False) == (
+        "<think>9+7=16 16*3=48 no\n9-7=2 3*2=6 no\n9*7=63 63-3=60 yes\n</think>"
+        "<answer>(9*7)-3</answer>"
     )
 
 

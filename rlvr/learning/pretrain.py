@@ -88,6 +88,26 @@ def pad_rows(rows: list[Example], pad_id: int) -> tuple[torch.Tensor, torch.Tens
     return ids_t, mask_t
 
 
+# A micro-batch's longest row is at most this many times its shortest (see `by_length`).
+MAX_LENGTH_RATIO = 1.5
+
+
+def by_length(rows: list[Example]) -> list[list[Example]]:
+    """`rows` as one micro-batch when the longest is within MAX_LENGTH_RATIO of the shortest
+    (then in their order, so such batches are computed exactly as before), else sorted by
+    length and cut wherever a row would exceed that ratio: countdown's searches run from one
+    try to nine, and padding them all to the longest wasted more than half the compute."""
+    lengths = [len(ids) for ids, _ in rows]
+    if max(lengths) <= MAX_LENGTH_RATIO * min(lengths):
+        return [rows]
+    parts: list[list[Example]] = []
+    for row in sorted(rows, key=lambda r: len(r[0])):
+        if not parts or len(row[0]) > MAX_LENGTH_RATIO * len(parts[-1][0][0]):
+            parts.append([])
+        parts[-1].append(row)
+    return parts
+
+
 def pack_rows(examples: list[Example], length: int) -> list[Example]:
     """Whole examples laid end to end into rows of at most `length` tokens (first fit,
     longest first); an example longer than `length` gets a row of its own.
@@ -110,7 +130,8 @@ def pretrain_batch(task, tokenizer: CharTokenizer, rng: random.Random, cfg: Conf
     (b, T), loss mask (b, T-1)) pairs; the mask is 1 on completion tokens only.
 
     By default answer-only examples (short) and traces (long) are padded each on their own
-    (padding one batch to the longest trace wasted ~45% of the compute). With
+    (padding one batch to the longest trace wasted ~45% of the compute), and a kind whose
+    lengths vary widely is split further (`by_length`). With
     `pretrain.pack_length` > 0 all examples are packed into rows of that many tokens and run
     as one micro-batch; a packed example attends to the examples before it in its row.
     """
@@ -122,7 +143,7 @@ def pretrain_batch(task, tokenizer: CharTokenizer, rng: random.Random, cfg: Conf
     for think in (False, True):
         rows = [e for thinks, e in examples if thinks == think]
         if rows:
-            batches.append(pad_rows(rows, tokenizer.pad_id))
+            batches += [pad_rows(part, tokenizer.pad_id) for part in by_length(rows)]
     return batches
 
 

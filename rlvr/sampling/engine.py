@@ -149,6 +149,8 @@ class Engine:
         stop_token_ids: Sequence[int] = (),
         stop_sequences: Sequence[Sequence[int]] = (),
         min_new_tokens: int = 0,
+        suppress_ids: Sequence[int] = (),
+        suppress_until_ids: Sequence[int] = (),
         generator: torch.Generator | None = None,
         on_complete: Callable[[Completion], None] | None = None,
         max_rows: int = 0,
@@ -161,7 +163,10 @@ class Engine:
         until then the stop tokens are masked out of the sampling distribution before top-k
         and top-p (as transformers' min_new_tokens and vLLM's min_tokens do; the returned
         logprobs stay those of the unmasked distribution) and stop sequences are not checked
-        (as vLLM does). The same `generator` seed gives the same completions.
+        (as vLLM does). The token ids in `suppress_ids` are kept out of a row's sampling the
+        same way until that row has sampled one of `suppress_until_ids` (forced thinking keeps
+        `</think>` out until the first newline; such calls decode in the batch engine). The
+        same `generator` seed gives the same completions.
         `on_complete(completion)` is called as each one finishes, while the others are still
         decoding (the rollout starts verifying there).
 
@@ -178,7 +183,7 @@ class Engine:
             top_p=top_p, top_k=top_k, stop_token_ids=stop_token_ids,
             stop_sequences=stop_sequences, min_new_tokens=min_new_tokens, generator=generator,
         )  # fmt: skip
-        if self.uses_rows_loop(num_rows, max_rows):
+        if self.uses_rows_loop(num_rows, max_rows) and not suppress_ids:
             rows = min(max_rows or num_rows, num_rows)
             completions = []
             for completion in self.stream(prompts, max_rows=rows, **sampling):
@@ -195,6 +200,7 @@ class Engine:
                 if user is not None:
                     user(c)
 
+        sampling.update(suppress_ids=suppress_ids, suppress_until_ids=suppress_until_ids)
         if 0 < max_rows < num_rows:  # a batch of prompts at a time
             per_call = max(1, max_rows // num_samples)
             completions = []
@@ -219,6 +225,8 @@ class Engine:
         stop_token_ids: Sequence[int],
         stop_sequences: Sequence[Sequence[int]],
         min_new_tokens: int,
+        suppress_ids: Sequence[int],
+        suppress_until_ids: Sequence[int],
         generator: torch.Generator | None,
         on_complete: Callable[[Completion], None] | None,
     ) -> list[Completion]:
@@ -280,10 +288,21 @@ class Engine:
         all_rows = True  # no row dropped yet: `rows` is every row, in order
         done = torch.zeros(num_rows, dtype=torch.bool, device=device)  # per active row
         one_stop_id = int(stop_ids[0]) if len(stop_ids) == 1 else None
+        suppress = torch.tensor(list(suppress_ids), dtype=torch.long, device=device)
+        release = torch.tensor(list(suppress_until_ids), dtype=torch.long, device=device)
+        held = torch.full((num_rows,), len(suppress) > 0, device=device)  # per active row
         finished: dict[int, Completion] = {}  # row -> its completion (with on_complete only)
         for step in range(max_new_tokens):
             banned = stop_ids if step < min_new_tokens and len(stop_ids) else None
+            if len(suppress) and bool(held.any()):  # (n, V) mask: per row, unlike the stops
+                mask = torch.zeros(logits.shape, dtype=torch.bool, device=device)
+                mask[:, suppress] = held[:, None]
+                if banned is not None:
+                    mask[:, banned] = True
+                banned = mask
             token, logprob = sample(logits, temperature, top_k, top_p, generator, banned)
+            if len(suppress):
+                held &= ~torch.isin(token, release)
             if all_rows:  # a plain column write is cheaper than scattering into `rows`
                 tokens[:, step] = token
                 logprobs[:, step] = logprob
@@ -321,6 +340,7 @@ class Engine:
                     if not fixed and int(done.sum()) * 4 >= len(done):
                         keep = (~done).nonzero().squeeze(1)
                         rows, done, token = rows[keep], done[keep], token[keep]
+                        held = held[keep]
                         all_rows = False
                         position = position[keep]
                         cache.select_rows(keep)
@@ -642,8 +662,9 @@ def sample(
     banned: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw one token per row of logits (n, V); return the tokens (n,) and their logprobs (n,)
-    under softmax(logits / temperature) before truncation (raw logits when greedy). Token ids
-    in `banned` are never drawn (a truncation like top-k: their mass is not in the logprobs)."""
+    under softmax(logits / temperature) before truncation (raw logits when greedy). Tokens
+    `banned` (ids (k,) for every row, or a bool mask (n, V) per row) are never drawn (a
+    truncation like top-k: their mass is not in the logprobs)."""
     if temperature == 0:
         token = allowed_logits(logits, banned).argmax(-1)
         logprob = F.log_softmax(logits, -1).gather(-1, token[:, None]).squeeze(-1)
@@ -667,9 +688,11 @@ def allowed_logits(
     logits: torch.Tensor, banned: torch.Tensor | None, ban_rows: torch.Tensor | None = None
 ) -> torch.Tensor:
     """logits (n, V) with the `banned` token ids at -inf, in every row or in the rows where
-    ban_rows (n,) is True."""
+    ban_rows (n,) is True; or, for `banned` a bool mask (n, V), where it is True."""
     if banned is None:
         return logits
+    if banned.dtype == torch.bool:
+        return logits.masked_fill(banned, float("-inf"))
     masked = logits.index_fill(-1, banned, float("-inf"))
     return masked if ban_rows is None else torch.where(ban_rows[:, None], masked, logits)
 

@@ -17,6 +17,7 @@ assistant turn opened. Completions stop at `tokenizer.stop_ids`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ import torch
 from rlvr.errors import ConfigError
 from rlvr.sampling.engine import Completion, Engine
 from rlvr.tasks import Problem
-from rlvr.tokenizer import EMPTY_THINK, EOS, CharTokenizer
+from rlvr.tokenizer import EMPTY_THINK, EOS, THINK_CLOSE, THINK_OPEN, CharTokenizer
 from rlvr.verifiers import Verdict
 from rlvr.verifiers.rewards import Scorer
 
@@ -74,12 +75,27 @@ class Episode:
         return start == 0 and end > len("<think>") and self.response[7:end].strip() != ""
 
 
+def think_prefill(think: bool | None) -> str:
+    """The response text a thinking mode writes for the model: none (think=None: the model
+    decides), an empty think block (False: the ablation) or `<think>` (True: forced)."""
+    return {None: "", False: EMPTY_THINK, True: THINK_OPEN}[think]
+
+
 def prompt_text(
     tokenizer: CharTokenizer, problem: Problem, think: bool | None, system_prompt: str = ""
 ) -> str:
-    """The prompt for a problem; think=False prefills an empty think block (the ablation)."""
-    text = tokenizer.format_prompt(problem.prompt, system_prompt or None)
-    return text + EMPTY_THINK if think is False else text
+    """The prompt for a problem, with the prefill of the thinking mode `think`."""
+    return tokenizer.format_prompt(problem.prompt, system_prompt or None) + think_prefill(think)
+
+
+@functools.lru_cache(maxsize=4)
+def forced_think_ids(tokenizer) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(suppressed, releasing) token ids of forced thinking: `</think>` (its first token, where
+    a tokenizer splits it) stays out of sampling until a token holding a newline is sampled,
+    so the thinking has at least one step (a line) before it can close."""
+    suppressed = (tokenizer.encode(THINK_CLOSE)[0],)
+    releasing = tuple(i for i in range(tokenizer.vocab_size) if "\n" in tokenizer.decode([i]))
+    return suppressed, releasing
 
 
 def response_text(tokenizer: CharTokenizer, token_ids: list[int], prefill: str = "") -> str:
@@ -154,6 +170,7 @@ def rollout(
     generator: torch.Generator | None = None,
     policy_version: int = 0,
     think: bool | None = None,
+    prefill_ids: Sequence[list[int]] | None = None,
     ignore_eos: bool = False,
     min_new_tokens: int = 0,
     timings: dict | None = None,
@@ -165,9 +182,21 @@ def rollout(
     how verification kept up with decoding: "decode_seconds", "verify_tail_seconds" (waiting
     for verdicts after the last token), "verify_items", "verify_seconds" (first hand-over to
     last verdict) and "verify_backlog" (completions still unverified when decoding ended).
-    max_rows: the most rows the engine decodes at a time (`Engine.generate`; 0: all)."""
-    prefill = EMPTY_THINK if think is False else ""
+    max_rows: the most rows the engine decodes at a time (`Engine.generate`; 0: all).
+    think: None lets the model decide, False prefills an empty think block, True prefills
+    `<think>` and keeps `</think>` out of sampling until the thinking has a first line
+    (`forced_think_ids`). prefill_ids: per problem, response tokens already written after its
+    prompt (the model continues them; the response text starts with them), e.g. thinking cut
+    at a budget."""
+    if prefill_ids is not None and (think is not None or len(prefill_ids) != len(problems)):
+        raise ValueError("prefill_ids needs think=None and one list of ids per problem.")
     prompts = [encode_prompt(tokenizer, scorer, p, think) for p in problems]
+    if prefill_ids is None:
+        prefills = [think_prefill(think)] * len(problems)
+    else:
+        prompts = [prompt + list(ids) for prompt, ids in zip(prompts, prefill_ids)]
+        prefills = [tokenizer.decode(ids) for ids in prefill_ids]
+    suppress, release = forced_think_ids(tokenizer) if think else ((), ())
     pending: dict[tuple[int, int], tuple[str, dict]] = {}
     hits, judged = scorer.cache_hits, scorer.judged
     t_start = time.perf_counter()
@@ -176,7 +205,7 @@ def rollout(
     def verify_now(c: Completion) -> None:
         if not first_submit:
             first_submit.append(time.perf_counter())
-        response = response_text(tokenizer, c.token_ids, prefill)
+        response = response_text(tokenizer, c.token_ids, prefills[c.prompt_index])
         pending[c.prompt_index, c.sample_index] = (
             response,
             scorer.submit(response, problems[c.prompt_index]),
@@ -191,6 +220,8 @@ def rollout(
         top_k=top_k,
         stop_token_ids=[] if ignore_eos else tokenizer.stop_ids,
         min_new_tokens=min_new_tokens,
+        suppress_ids=suppress,
+        suppress_until_ids=release,
         generator=generator,
         on_complete=verify_now,
         max_rows=max_rows,

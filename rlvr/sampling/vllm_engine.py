@@ -164,11 +164,20 @@ class VLLMEngine:
         stop_token_ids: Sequence[int] = (),
         stop_sequences: Sequence[Sequence[int]] = (),
         min_new_tokens: int = 0,
+        suppress_ids: Sequence[int] = (),
+        suppress_until_ids: Sequence[int] = (),
         generator: torch.Generator | None = None,
         on_complete: Callable[[Completion], None] | None = None,
+        max_rows: int = 0,
     ) -> list[Completion]:
         """`num_samples` completions per prompt, group-major, as `Engine.generate` returns
-        them (the same arguments; see the module docstring for how vLLM honours them)."""
+        them (the same arguments; see the module docstring for how vLLM honours them).
+        max_rows is vLLM's own business (it schedules its batch itself); suppress_ids, used by
+        forced-think evaluation only, which runs on rlvr's engine, is not supported."""
+        if suppress_ids:
+            raise ValueError(
+                "The vLLM backend does not suppress tokens; evaluate with rlvr's engine."
+            )
         from vllm.sampling_params import RequestOutputKind, SamplingParams
 
         if not prompts or any(len(p) == 0 for p in prompts):
