@@ -1099,6 +1099,10 @@ def validate(cfg: Config) -> None:
     validate_post_training(cfg)
 
 
+MAX_ROUNDS = 100
+"""The most iterate.rounds a run may ask for (a typo such as 1000000 would only ever stall)."""
+
+
 def validate_post_training(cfg: Config) -> None:
     """The sft, dpo, traces and iterate tables, and every phase of cfg.phases (each phase's
     own config, with its overrides, is validated like a whole run's)."""
@@ -1132,6 +1136,11 @@ def validate_post_training(cfg: Config) -> None:
         ("dpo.ref_update_every", dpo.ref_update_every), ("iterate.rounds", it.rounds),
     ]:  # fmt: skip
         need(value >= 0, f"{key} must be 0 or more, got {value}.")
+    need(
+        it.rounds <= MAX_ROUNDS,
+        f"iterate.rounds must be at most {MAX_ROUNDS} (each round samples the training "
+        f"problems and fine-tunes), got {it.rounds}.",
+    )
     need(
         t.samples_per_problem >= 1,
         f"traces.samples_per_problem must be at least 1, got {t.samples_per_problem}.",
