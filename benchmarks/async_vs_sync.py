@@ -46,9 +46,9 @@ from rlvr.checkpoint import load_checkpoint
 from rlvr.cli import recipe_path
 from rlvr.config import load_config
 from rlvr.learning.learner import GRPOLearner
+from rlvr.loop import make_task, run, seed_everything
 from rlvr.report import read_metrics
 from rlvr.sampling.sampler import Sampler
-from rlvr.train import make_task, run, seed_everything
 from rlvr.verifiers.rewards import Scorer, open_pool
 
 SETTINGS = {

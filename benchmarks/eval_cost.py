@@ -22,16 +22,16 @@ import statistics
 import time
 
 import torch
-from rlvr.evaluation import evaluate
 
 from rlvr.checkpoint import load_checkpoint
 from rlvr.cli import recipe_path
 from rlvr.config import load_config
+from rlvr.evaluation import evaluate
 from rlvr.learning.pretrain import learning_rate, next_token_step, pretrain_batch
 from rlvr.learning.updates import make_optimizer
+from rlvr.loop import make_task
 from rlvr.model import Transformer
 from rlvr.sweep import think_accuracy
-from rlvr.train import make_task
 from rlvr.verifiers.rewards import Scorer
 
 

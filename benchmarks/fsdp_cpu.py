@@ -3,7 +3,7 @@
 Two processes (gloo) shard rlvr's Transformer with `fully_shard` (each block, then the root),
 take one AdamW step on their halves of a batch, and compare the gathered weights with one
 process's step on the whole batch (the plan for `learner.processes` with sharding: see
-docs/notes/issue-12-ray.md).
+docs/distributed.md).
 
     python benchmarks/fsdp_cpu.py
 

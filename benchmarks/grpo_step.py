@@ -25,10 +25,10 @@ import torch
 from rlvr.checkpoint import Checkpointer, load_checkpoint
 from rlvr.cli import recipe_path
 from rlvr.config import load_config
+from rlvr.loop import grpo, make_task, seed_everything
 from rlvr.model import Transformer
 from rlvr.report import RunLogger, read_metrics
 from rlvr.tokenizer import CharTokenizer
-from rlvr.train import grpo, make_task, seed_everything
 from rlvr.verifiers.rewards import Scorer, open_pool
 
 

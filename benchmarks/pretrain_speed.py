@@ -30,9 +30,9 @@ from rlvr.cli import recipe_path
 from rlvr.config import load_config
 from rlvr.learning.pretrain import learning_rate, next_token_step, pretrain_batch
 from rlvr.learning.updates import make_optimizer
+from rlvr.loop import make_task
 from rlvr.model import Transformer
 from rlvr.tokenizer import CharTokenizer
-from rlvr.train import make_task
 
 
 def main() -> None:

@@ -30,9 +30,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import vs_trl  # noqa: E402  (the benchmark's checkpoint, task and problem stream)
 
+from rlvr.loop import load_model  # noqa: E402
 from rlvr.sampling.engine import Engine  # noqa: E402
 from rlvr.sampling.rollout import response_text  # noqa: E402
-from rlvr.train import load_model  # noqa: E402
 
 SAMPLES, TOKENS = 8, 64
 

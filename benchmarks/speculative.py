@@ -1,11 +1,11 @@
 """Speculative decoding and continuous batching: new tokens per second with and without.
 
-    python benchmarks/speculative.py [--run RUN] [--threads 2] [--repeats 3] [--problems 500]
-                                     [--batches 4] [--rows 8,16,64] [--clock wall|process]
+    python benchmarks/speculative.py --run RUN [--threads 2] [--repeats 3] [--problems 500]
+                                     [--batches 16] [--rows 8,16,64] [--clock wall|process]
 
-From a demo run folder (default /work/baseline-runs/demo: its checkpoint/, pretrained/ and
-checkpoints/grpo-000040), in one process, each variant alternating with the others, repeat
-by repeat:
+From a finished demo run folder of 60 GRPO steps (`rlvr demo --grpo.steps 60
+--checkpoint.every 20`: its checkpoint/, pretrained/ and checkpoints/grpo-000040), in one
+process, each variant alternating with the others, repeat by repeat:
 
 1. grpo: the demo's GRPO sampling, `--batches` batches of its training problems (the run's
    ProblemStream) x 8 samples, temperature 1, <= 64 new tokens, with the trained checkpoint:
@@ -48,16 +48,16 @@ from pathlib import Path
 import torch
 
 from rlvr.checkpoint import load_checkpoint
+from rlvr.loop import make_task
 from rlvr.sampling.engine import Engine
 from rlvr.sampling.rollout import prompt_text
 from rlvr.sampling.sampler import ProblemStream
 from rlvr.sampling.speculative import DraftHistory, Speculation
-from rlvr.train import make_task
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", default="/work/baseline-runs/demo")
+    parser.add_argument("--run", required=True, help="a finished 60-step demo run folder")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--problems", type=int, default=500)

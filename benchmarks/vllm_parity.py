@@ -33,11 +33,11 @@ from rlvr.checkpoint import load_checkpoint  # noqa: E402
 from rlvr.cli import recipe_path  # noqa: E402
 from rlvr.config import load_config  # noqa: E402
 from rlvr.learning.algorithms import kl_k3  # noqa: E402
+from rlvr.loop import make_task  # noqa: E402
 from rlvr.sampling.engine import Engine  # noqa: E402
 from rlvr.sampling.rollout import prompt_text, response_text  # noqa: E402
 from rlvr.sampling.sampler import ProblemStream  # noqa: E402
 from rlvr.sampling.vllm_engine import VLLMEngine  # noqa: E402
-from rlvr.train import make_task  # noqa: E402
 
 SAMPLES, TOKENS = 8, 64
 

@@ -14,7 +14,7 @@
    same problems in the same order: 8 prompts x 8 samples x 64 forced completion tokens,
    temperature 1.0, lr 5e-5 (constant), AdamW(0.9, 0.95), no weight decay, grad clip 1.0,
    epsilon 0.2 both ways, mu = 1, loss "dapo", group z-score advantages, fp32.
-   - rlvr: `rlvr.train.grpo` on the folder loaded as `--model` loads it (`rlvr.train.
+   - rlvr: `rlvr.loop.grpo` on the folder loaded as `--model` loads it (`rlvr.loop.
      load_model`), grpo.min_new_tokens = 64 (EOS masked out of the sampling distribution,
      as TRL's generation min_new_tokens does), verification in-process (reward.workers = 0).
    - TRL: `GRPOTrainer(model=FOLDER)`, tokenizer `PreTrainedTokenizerFast.from_pretrained`,
@@ -63,13 +63,13 @@ from rlvr.config import load_config
 from rlvr.device import place_model
 from rlvr.hf import HFTokenizer, save_hf
 from rlvr.learning.pretrain import pretrain
+from rlvr.loop import grpo, load_model, seed_everything
 from rlvr.model import Transformer
 from rlvr.report import RunLogger, read_metrics
 from rlvr.sampling.rollout import response_text
 from rlvr.sampling.sampler import ProblemStream
 from rlvr.tasks.arithmetic import ArithmeticTask
 from rlvr.tokenizer import ANSWER_CLOSE, CharTokenizer
-from rlvr.train import grpo, load_model, seed_everything
 from rlvr.verifiers.rewards import Scorer
 
 LR = 5e-5

@@ -44,8 +44,8 @@ def train(
     config: a Config, a recipe name ("demo", "smoke") or a TOML file. out: the run folder
     (default runs/<name>-<time>). resume: continue the run in `out` from its latest checkpoint.
     """
+    from rlvr.loop import run as run_job
     from rlvr.report_html import write_report
-    from rlvr.train import run as run_job
 
     cfg = config if isinstance(config, Config) else Config.load(config)
     if out is not None:
@@ -65,8 +65,8 @@ def evaluate(run_dir: str | Path, overrides: dict[str, Any] | None = None) -> di
     from rlvr.config import apply_overrides, as_overrides
     from rlvr.device import autocast, place_model
     from rlvr.evaluation import evaluate as evaluate_model
+    from rlvr.loop import make_task, seed_everything, system_prompt
     from rlvr.sampling.sampler import make_engine
-    from rlvr.train import make_task, seed_everything, system_prompt
     from rlvr.verifiers.rewards import Scorer, open_pool
 
     model, tokenizer, cfg, _ = load_checkpoint(run_dir)

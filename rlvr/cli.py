@@ -231,8 +231,8 @@ def _train(
             "rlvr iterate runs rounds of sampling and fine-tuning: set iterate.rounds (e.g. "
             "--iterate.rounds 3) or give [[phases]] of kind rsft."
         )
+    from rlvr.loop import run
     from rlvr.report import print_table
-    from rlvr.train import run
 
     run_dir, result = run(cfg, resume=resume)
     keys = [k for k in result["after"] if k in result["before"]]

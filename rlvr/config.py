@@ -1237,6 +1237,11 @@ def validate_placement(cfg: Config) -> None:
         f"runtime {cfg.runtime!r} is not one of local, ray.",
     )
     need(processes >= 1, f"learner.processes must be at least 1, got {processes}.")
+    need(
+        not ray.address.startswith("ray://"),
+        f"ray.address {ray.address!r} is a Ray client address, which rlvr does not use; give "
+        "the head's HOST:PORT (what `ray start --head` prints after --address).",
+    )
     groups = g.num_prompts // g.num_minibatches  # groups in one optimizer minibatch
     need(
         processes <= groups,

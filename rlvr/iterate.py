@@ -13,7 +13,7 @@ One round (a `rsft` phase; `distill` is the same with a teacher sampling):
    the hard problems stay represented;
 3. fine-tune on them (rlvr/learning/sft.py) from the previous round's weights, or from the
    weights the first round started from (`iterate.fine_tune_from = "start"`, as STaR does);
-4. evaluate on the held-out split (the phase runner in rlvr/train.py does that).
+4. evaluate on the held-out split (the phase runner in rlvr/loop.py does that).
 
 Expert iteration (Anthony et al. 2017), STaR (Zelikman et al. 2022, arXiv:2203.14465),
 rejection-sampling fine-tuning (Yuan et al. 2023, arXiv:2308.01825), ReST-EM (Singh et al.

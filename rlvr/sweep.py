@@ -17,9 +17,8 @@ A sweep file names the recipe every run starts from, the keys they share, and a 
 
 A grid value that is a table sets several keys together (a model size is four or five keys).
 Every run is an ordinary `rlvr train` run in OUT/runs/<name>/, named after its grid values and
-a hash of its whole config. After a run the sweep measures the forced-think accuracy of its
-pretrained and final models (`think_accuracy`), counts its training compute (`count_flops`)
-and writes OUT/runs/<name>/sweep_result.json; then it rewrites the table (OUT/sweep.csv,
+a hash of its whole config. After a run the sweep reads its accuracies, counts its training
+compute (`count_flops`) and writes OUT/runs/<name>/sweep_result.json; then it rewrites the table (OUT/sweep.csv,
 OUT/sweep.md, with the fitted curves) and the plots (OUT/scaling_params.png,
 OUT/scaling_compute.png) from every finished run. A sweep that is stopped or killed continues
 where it stopped when started again: a run with a sweep_result.json is never run again, and a
@@ -27,7 +26,8 @@ run cut off midway resumes from its latest checkpoint (exactly, as `rlvr train -
 
 The accuracies are those of the runs' evaluations (greedy, held-out): `accuracy` (the model
 decides whether to think), `no_think` (think block forced empty) and `think` (forced to think:
-`<think>` prefilled and `</think>` kept out of the first token), each before and after RL.
+`<think>` prefilled and `</think>` kept out until the thinking has a first line), each
+before and after RL.
 """
 
 from __future__ import annotations
@@ -177,59 +177,6 @@ def load_sweep(path: str | Path) -> tuple[list[Run], Path | None]:
 # ----------------------------------------------------------------------------- measuring a run
 
 
-def think_accuracy(
-    model, tokenizer, scorer, problems, max_new_tokens: int, batch_size: int
-) -> float:
-    """Greedy accuracy when the model must think: the prompt is prefilled with `<think>`, the
-    first token is the most likely one other than `</think>`, then greedy decoding goes on.
-
-    (Prefilling `<think>` alone is not enough: a model that prefers to answer at once closes
-    the block with its first token.)
-    """
-    import torch
-
-    from rlvr.sampling.engine import Engine
-    from rlvr.sampling.rollout import prompt_text, response_text
-    from rlvr.tokenizer import THINK_CLOSE, THINK_OPEN
-
-    was_training = model.training
-    model.eval()
-    engine = Engine(model, pad_id=tokenizer.pad_id)
-    device = next(model.parameters()).device
-    close = tokenizer.encode(THINK_CLOSE)[0]
-    correct = 0
-    with torch.no_grad():
-        for start in range(0, len(problems), batch_size):
-            chunk = problems[start : start + batch_size]
-            prompts = [
-                tokenizer.encode(prompt_text(tokenizer, p, None, scorer.system_prompt) + THINK_OPEN)
-                for p in chunk
-            ]
-            lengths = torch.tensor([len(p) for p in prompts], device=device)
-            ids = torch.full((len(prompts), int(lengths.max())), tokenizer.pad_id, device=device)
-            for i, p in enumerate(prompts):
-                ids[i, : len(p)] = torch.tensor(p)
-            # right padding: the last real position of each row sees no padding (causal)
-            logits = model(ids)[torch.arange(len(prompts), device=device), lengths - 1]
-            logits[:, close] = float("-inf")
-            first = logits.argmax(-1).tolist()
-            completions = engine.generate(
-                [p + [f] for p, f in zip(prompts, first)], num_samples=1,
-                max_new_tokens=max_new_tokens - 1, temperature=0.0,
-                stop_token_ids=tokenizer.stop_ids,
-            )  # fmt: skip
-            pending = []
-            for c in completions:
-                token_ids = [first[c.prompt_index], *c.token_ids]
-                response = response_text(tokenizer, token_ids, prefill=THINK_OPEN)
-                handles = scorer.submit(response, chunk[c.prompt_index])
-                pending.append((handles, len(token_ids)))
-            for handles, num_tokens in pending:
-                correct += scorer.score(handles, num_tokens).verdict.status == "correct"
-    model.train(was_training)
-    return correct / len(problems)
-
-
 def count_flops(
     num_parameters: int,
     pretrain_tokens: int,
@@ -271,19 +218,16 @@ def count_flops(
 
 
 def measure(run: Run, run_dir: Path) -> dict[str, Any]:
-    """A finished run's row of the table: its accuracies before and after RL, parameters and
-    compute. Forced-think accuracy comes from summary.json when the run's evaluation wrote it
-    (pretrain_accuracy_think), else it is measured here on the run's evaluation problems."""
+    """A finished run's row of the table: its accuracies before and after RL (from its
+    summary.json: greedy, forced to think, think block forced empty), parameters and
+    compute."""
     from rlvr.checkpoint import load_checkpoint
-    from rlvr.device import place_model
+    from rlvr.loop import make_task, system_prompt
     from rlvr.report import read_metrics
     from rlvr.sampling.rollout import prompt_text
-    from rlvr.train import make_task, seed_everything, system_prompt
-    from rlvr.verifiers.rewards import Scorer, open_pool
 
     cfg = load_config(run_dir / "config.toml")
     summary = json.loads((run_dir / "summary.json").read_text())
-    seed_everything(cfg.seed, cfg.threads)
     task = make_task(cfg)
     problems = task.problems("test", cfg.eval.num_problems, seed=cfg.seed)
     row: dict[str, Any] = {"name": run.name, **run.point,
@@ -291,27 +235,13 @@ def measure(run: Run, run_dir: Path) -> dict[str, Any]:
     for when, prefix in (("before", "pretrain"), ("after", "final")):
         row[f"accuracy_{when}"] = summary[f"{prefix}_accuracy"]
         row[f"no_think_{when}"] = summary[f"{prefix}_accuracy_no_think"]
-        row[f"think_{when}"] = summary.get(f"{prefix}_accuracy_think")
-    folders = {"before": run_dir / "pretrained", "after": run_dir / "checkpoint"}
-    tokenizer = None
-    with open_pool(cfg.reward, preload=(type(task).__module__,)) as pool:
-        scorer = Scorer(task, cfg.reward, cfg.eval.max_new_tokens, pool,
-                        system_prompt=system_prompt(cfg))  # fmt: skip
-        for when, folder in folders.items():
-            if not folder.is_dir():
-                continue
-            model, tokenizer = load_checkpoint(folder)[:2]
-            place_model(model, cfg.device)
-            if row[f"think_{when}"] is None:
-                row[f"think_{when}"] = think_accuracy(model, tokenizer, scorer, problems,
-                                                      cfg.eval.max_new_tokens, cfg.eval.batch_size)  # fmt: skip
+        row[f"think_{when}"] = summary[f"{prefix}_accuracy_think"]
+    tokenizer = load_checkpoint(run_dir / "checkpoint")[1]
     records = read_metrics(run_dir)
     pretrain_rows = [r for r in records if r["phase"] == "pretrain" and "tokens" in r]
     pretrain_tokens = pretrain_rows[-1]["tokens"] if pretrain_rows else 0
-    prompt_tokens = 0.0
-    if tokenizer is not None:
-        prompts = [prompt_text(tokenizer, p, None, system_prompt(cfg)) for p in problems]
-        prompt_tokens = sum(len(tokenizer.encode(text)) for text in prompts) / len(prompts)
+    prompts = [prompt_text(tokenizer, p, None, system_prompt(cfg)) for p in problems]
+    prompt_tokens = sum(len(tokenizer.encode(text)) for text in prompts) / len(prompts)
     grpo_rows = [r for r in records if r["phase"] == "grpo"]
     row["pretrain_tokens"] = pretrain_tokens
     row.update(count_flops(row["parameters"], pretrain_tokens, grpo_rows, prompt_tokens, cfg))
@@ -543,8 +473,8 @@ def sweep(path: str | Path, out: str | Path | None = None) -> Path:
     Returns the sweep folder. Finished runs are skipped; a run cut off midway resumes from its
     latest checkpoint. Raises ConfigError before any work if the sweep file is wrong.
     """
+    from rlvr.loop import run as train_run
     from rlvr.report import console
-    from rlvr.train import run as train_run
 
     runs, file_out = load_sweep(path)
     folder = Path(out or file_out or Path("runs") / Path(path).stem)

@@ -83,8 +83,8 @@ def slow_cli() -> None:
     FAULTS_PRETRAIN_SLEEP, FAULTS_GRPO_SLEEP: seconds per step (default 0).
     """
     import rlvr.learning.pretrain
+    import rlvr.loop
     import rlvr.sampling.sampler
-    import rlvr.train
     from rlvr.cli import main
 
     pretrain_sleep = float(os.environ.get("FAULTS_PRETRAIN_SLEEP", "0"))
@@ -102,5 +102,5 @@ def slow_cli() -> None:
 
     rlvr.learning.pretrain.pretrain_batch = slow_pretrain_batch
     rlvr.sampling.sampler.rollout = slow_rollout
-    rlvr.train.plot_metrics = lambda run_dir: []  # the tests kill the run before it plots
+    rlvr.loop.plot_metrics = lambda run_dir: []  # the tests kill the run before it plots
     sys.exit(main(sys.argv[1:]))

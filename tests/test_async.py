@@ -24,7 +24,7 @@ import pytest
 import torch
 from test_survive import alive, last_grpo_step, proc_info, records, wait_until
 
-import rlvr.train
+import rlvr.loop
 from rlvr.checkpoint import latest_checkpoint, load_trainer_state
 from rlvr.cli import main
 from rlvr.errors import ConfigError
@@ -105,7 +105,7 @@ def test_sampler_process_at_staleness_0_equals_the_in_process_loop(tmp_path, mon
         return SamplerProcess(policy, tokenizer, task, cfg, scorer.system_prompt, first_step,
                               resume)  # fmt: skip
 
-    monkeypatch.setattr(rlvr.train, "make_sampler", process_sampler)
+    monkeypatch.setattr(rlvr.loop, "make_sampler", process_sampler)
     assert train(tmp_path / "process") == 0
     assert_same(tmp_path / "process", tmp_path / "local")
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import rlvr.loop
 import rlvr.sampling.sampler
-import rlvr.train
 from rlvr.checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint
 from rlvr.cli import main
 from rlvr.config import ConfigError, load_config

@@ -19,8 +19,8 @@ import torch
 from safetensors.torch import load_file
 
 import rlvr.device
+import rlvr.loop
 import rlvr.sampling.sampler
-import rlvr.train
 from rlvr.checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint, load_trainer_state
 from rlvr.cli import main
 from rlvr.config import Config, LoraConfig

@@ -21,7 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import rlvr.train
+import rlvr.loop
 from rlvr.checkpoint import list_checkpoints, load_checkpoint, phase_order, save_checkpoint
 from rlvr.cli import main
 from rlvr.config import ConfigError, SFTConfig, load_config, phase_configs
@@ -46,7 +46,7 @@ PATIENCE_S = 240
 
 @pytest.fixture(autouse=True)
 def _no_plots(monkeypatch):
-    monkeypatch.setattr(rlvr.train, "plot_metrics", lambda run_dir: [])
+    monkeypatch.setattr(rlvr.loop, "plot_metrics", lambda run_dir: [])
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -295,7 +295,7 @@ def pretrained(tmp_path_factory) -> Path:
     """The smoke recipe's model pretrained for 400 steps: it solves some problems when it samples."""
     out = tmp_path_factory.mktemp("post") / "base"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(rlvr.train, "plot_metrics", lambda run_dir: [])
+        mp.setattr(rlvr.loop, "plot_metrics", lambda run_dir: [])
         assert (
             main(
                 [
@@ -408,8 +408,8 @@ def make_sft_batch(*args, **kwargs):
         time.sleep(600)  # the test kills the run here
     return original(*args, **kwargs)
 sft.make_sft_batch = make_sft_batch
-import rlvr.train
-rlvr.train.plot_metrics = lambda run_dir: []
+import rlvr.loop
+rlvr.loop.plot_metrics = lambda run_dir: []
 from rlvr.cli import main
 sys.exit(main(sys.argv[1:]))
 """

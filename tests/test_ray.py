@@ -153,6 +153,14 @@ def test_an_address_that_does_not_answer_stops_before_any_work(tmp_path, capsys)
     assert not out.exists()
 
 
+def test_a_ray_client_address_is_a_config_error(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train(out, *RAY, "--ray.address", "ray://127.0.0.1:10001") == 2
+    err = capsys.readouterr().err
+    assert "is a Ray client address" in err and "HOST:PORT" in err and "Traceback" not in err
+    assert not out.exists()
+
+
 def test_runtime_ray_without_ray_installed_is_a_config_error(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(rlvr.config, "ray_installed", lambda: False)
     out = tmp_path / "run"

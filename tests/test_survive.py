@@ -33,8 +33,8 @@ import rlvr.checkpoint
 import rlvr.hf
 import rlvr.learning.learner
 import rlvr.learning.pretrain
+import rlvr.loop
 import rlvr.sampling.sampler
-import rlvr.train
 from rlvr.checkpoint import (
     checkpoint_dir,
     latest_checkpoint,
@@ -196,7 +196,7 @@ def no_plots(run_dir: Path) -> list[Path]:
 
 @pytest.fixture(autouse=True)
 def _no_plots(monkeypatch):
-    monkeypatch.setattr(rlvr.train, "plot_metrics", no_plots)
+    monkeypatch.setattr(rlvr.loop, "plot_metrics", no_plots)
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +204,7 @@ def baseline(tmp_path_factory) -> Path:
     """Run A: the tiny run, never interrupted."""
     out = tmp_path_factory.mktemp("survive") / "A"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(rlvr.train, "plot_metrics", no_plots)
+        mp.setattr(rlvr.loop, "plot_metrics", no_plots)
         assert train(out) == 0
     before = load_file(out / "pretrained" / "model.safetensors")
     after = load_file(out / "checkpoint" / "model.safetensors")
@@ -353,7 +353,7 @@ def test_resume_ignores_leftover_and_incomplete_checkpoints(baseline, tmp_path):
 def test_verifier_hangs_and_crashes_score_zero_and_are_counted(tmp_path, monkeypatch, episodes):
     monkeypatch.setitem(TASKS, "faulty", faults.FaultyArithmeticTask)
     pools, killed = [], []
-    real_open_pool = rlvr.train.open_pool
+    real_open_pool = rlvr.loop.open_pool
 
     def open_pool(*args, **kwargs):
         pools.append(real_open_pool(*args, **kwargs))
@@ -370,7 +370,7 @@ def test_verifier_hangs_and_crashes_score_zero_and_are_counted(tmp_path, monkeyp
                        "the killed worker to be replaced")  # fmt: skip
         return record_rollout(*args, **kwargs)
 
-    monkeypatch.setattr(rlvr.train, "open_pool", open_pool)
+    monkeypatch.setattr(rlvr.loop, "open_pool", open_pool)
     monkeypatch.setattr(rlvr.sampling.sampler, "rollout", rollout)
     out = tmp_path / "run"
     assert train(out, *SHORT, "--task.name", "faulty", "--reward.functions", "{}",

@@ -7,7 +7,7 @@ optimizer: a GRPOLearner, or a DistributedLearner over `learner.processes` proce
 actor's machine. After each step it returns the new weights, which this process copies into
 its own policy: the loop evaluates, checkpoints and publishes that copy, as in a local run.
 So a version crosses the object store twice (actor -> driver, driver -> samplers; see
-docs/notes/issue-12-ray.md for the cost and for the NCCL design that skips the driver).
+docs/distributed.md for the cost and for the NCCL design that skips the driver).
 
 The learner's failure (its actor or process dies) stops the run with the resume line: its
 optimizer state exists nowhere else, and the last checkpoint holds everything to go on exactly.

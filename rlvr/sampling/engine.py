@@ -172,8 +172,10 @@ class Engine:
 
         max_rows: decode at most this many rows at a time (0: all of them): by continuous
         batching (`stream`, a finished row takes the next waiting sample) or a batch of
-        max_rows // num_samples prompts at a time (continuous_batching=False). With
-        speculation or batch-invariant kernels every call goes through `stream`.
+        max_rows // num_samples prompts at a time (continuous_batching=False). Calls go
+        through `stream` with batch-invariant kernels, and with speculation when its policy
+        expects drafting to pay at this many rows (`uses_rows_loop`); calls with
+        suppress_ids always decode in the batch engine.
         """
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("generate needs at least one prompt, and every prompt needs a token.")

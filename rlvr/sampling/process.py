@@ -55,7 +55,6 @@ from rlvr.errors import ConfigError, TrainingError
 from rlvr.sampling.sampler import Rollouts, Sampler
 
 POLL_SECONDS = 1.0  # how often a waiting learner checks that the sampler process is alive
-START_TIMEOUT_S = 300.0  # a sampler process that delivers nothing for this long has hung
 
 
 def check_async(policy: torch.nn.Module) -> None:

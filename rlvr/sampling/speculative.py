@@ -299,8 +299,8 @@ class StepCost:
     tokens to emit). Deterministic on purpose: the decision to draft must not depend on a
     clock, or the same seed would not give the same forwards.
 
-    The defaults are for rlvr's model on a CPU core in float32, measured with
-    benchmarks/speculative.py --calibrate and expressed per layer and parameter so that they
+    The defaults are for rlvr's model on a CPU core in float32, measured on the demo's model
+    and expressed per layer and parameter so that they
     scale with the model: a forward pays `op_seconds` for each of its ~30 small ops per
     layer, a token 2 FLOPs per parameter at `flops` per second, and the first token of a row
     `first_token` times that (its attention over the cache and the row's own work)."""
