@@ -4,7 +4,7 @@
     [task]
     name = "dataset"
     options = { path = "data/train.jsonl", test_path = "data/test.jsonl" }
-    options = { path = "gsm8k/train.parquet", prompt_field = "question" }   # GSM8K's "#### 42"
+    # or: options = { path = "gsm8k/train.parquet", prompt_field = "question" }  # "#### 42"
 
 JSONL is read line by line, so a bad line is named `file:line`. The other formats are read
 through the `datasets` library (`load_dataset("json" | "parquet" | "csv", data_files=...)`,
