@@ -44,6 +44,7 @@ REPORT_FILE = "report.html"
 SUMMARY_METRICS = (
     ("accuracy", "accuracy (the model may think)"),
     ("accuracy_no_think", "accuracy, think block forced empty"),
+    ("accuracy_think", "accuracy, forced to think"),
     ("think_rate", "think rate (non-empty think block)"),
     ("format_rate", "format rate"),
     ("pass@1", "pass@1 (sampled)"),
