@@ -1,5 +1,6 @@
-"""The post-training results table: held-out accuracy (the model may think, and with its think
-block forced empty), wall time and tokens sampled, one row per finished run folder.
+"""The post-training results table: held-out accuracy (the model may think, forced to think,
+and with its think block forced empty), wall time and tokens sampled, one row per finished
+run folder.
 
     python benchmarks/post_training_table.py r1_zero=runs/r1_zero r1=runs/r1 \
         iterate=runs/iterate iterate_majority=runs/iterate_majority distill=runs/distill
@@ -30,6 +31,9 @@ def row(name: str, run_dir: Path) -> dict:
         "before": summary.get("pretrain_accuracy"),
         "accuracy": summary["final_accuracy"],
         "accuracy_no_think": summary["final_accuracy_no_think"],
+        "accuracy_think": summary.get("final_accuracy_think"),
+        # countdown: failed tries before the answer when forced to think (the search's depth)
+        "tries_think": summary.get("final_tries_think"),
         "think_rate": summary.get("final_think_rate"),
         # pretraining (from scratch) is the same for every recipe: left out
         "wall_seconds": summary["wall_seconds"] - summary.get("pretrain_seconds", 0.0),
@@ -47,13 +51,13 @@ def main() -> None:
     for item in args.runs:
         name, _, folder = item.partition("=")
         rows.append(row(name, Path(folder)))
-    print(
-        "| recipe | accuracy before -> after | think forced empty | wall s after pretraining (phases) | tokens sampled |"
-    )
-    print("| --- | --- | --- | --- | --- |")
+    print("| recipe | accuracy before -> after | forced to think | think forced empty | "
+          "wall s after pretraining (phases) | tokens sampled |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- |")
     for r in rows:
         phases = ", ".join(f"{k} {v:.0f}" for k, v in r["phase_seconds"].items())
-        print(f"| {r['name']} | {r['before']:.3f} -> {r['accuracy']:.3f} | "
+        think = "" if r["accuracy_think"] is None else f"{r['accuracy_think']:.3f}"
+        print(f"| {r['name']} | {r['before']:.3f} -> {r['accuracy']:.3f} | {think} | "
               f"{r['accuracy_no_think']:.3f} | {r['wall_seconds']:.0f} ({phases}) | "
               f"{r['tokens_sampled']:,} |")  # fmt: skip
     print(json.dumps({"rows": rows}))

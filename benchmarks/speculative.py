@@ -32,7 +32,9 @@ drafted), tokens per row and forward, and the share of forwards that verified dr
 steady on a machine others load; the figures to publish are wall seconds, run alone).
 
 Prints one JSON line last: ratio (grpo: context / off), eval_ratio (eval, 8 rows, cold:
-context / off), eval_ratio_warm, and every figure behind them.
+context / off), eval_ratio_warm, eval_cold_ceiling (the new tokens per row and forward of
+`always` cold at 8 rows: what eval_ratio would be if verifying cost nothing), and every
+figure behind them.
 """
 
 from __future__ import annotations
@@ -175,6 +177,9 @@ def main() -> None:
             result["eval"][str(rows)] = report(runs)
         result["eval_ratio"] = result["eval"]["8"]["context"]["ratio_vs_off"]
         result["eval_ratio_warm"] = result["eval"]["8"]["warm"]["ratio_vs_off"]
+        # The most new tokens per row and forward that context drafts give cold, every draft
+        # verified: the ratio eval_ratio could reach if a verify step cost a plain step.
+        result["eval_cold_ceiling"] = result["eval"]["8"]["always"]["tokens_per_row_step"]
 
     if "continuous" not in skip:
         result["continuous"] = {}

@@ -390,17 +390,18 @@ def test_context_drafts_come_from_own_text_siblings_and_history():
     history = DraftHistory()
     history.add([1, 2], [7, 8, 9, 10])
     drafter = ContextDrafter(history)
-    drafter.load([0, 1], [(0, 0), (0, 1)], [[1, 2], [1, 2]], 64)
+    mine, sibling = [], []  # the rows loop's lists of each row's new tokens
+    drafter.load([0, 1], [(0, 0), (0, 1)], [[1, 2], [1, 2]], [mine, sibling], 64)
     # Kept from an earlier call: what followed "1 2" there (a 2-token match).
     assert drafter.propose_all([0], [(0, 0)], [3]) == [([7, 8, 9], ("kept", 2))]
     # A sibling that went on differently is newer: "1 2 7" drafts what followed it there.
-    drafter.extend(1, (0, 1), [7, 5, 6, 7, 3])
-    drafter.extend(0, (0, 0), [7])
+    sibling += [7, 5, 6, 7, 3]
+    mine.append(7)
     assert drafter.propose_all([0], [(0, 0)], [2]) == [([5, 6], ("sibling", 3))]
     # Its own text: the longest suffix that occurred before ("5 5", then just "5").
-    drafter.extend(0, (0, 0), [5, 5, 5, 4])
+    mine += [5, 5, 5, 4]
     assert drafter.propose_all([0], [(0, 0)], [3]) == [([], None)]  # "4" never came before
-    drafter.extend(0, (0, 0), [5, 5])
+    mine += [5, 5]
     assert drafter.propose_all([0], [(0, 0)], [3]) == [([4, 5, 5], ("own", 2))]  # newest "5 5"
     assert drafter.propose_all([0], [(0, 0)], [0]) == [([], None)]
     drafter.finish(0, (0, 0), [1, 2], [7], last_of_group=False)
@@ -429,6 +430,43 @@ def test_the_policy_drafts_when_it_pays_and_not_when_it_does_not():
     policy.end_call(8)
     assert [policy.use_rows_loop(8) for _ in range(16)].count(True) == 2
     assert policy.use_rows_loop(64)  # (never measured at 64 rows: try)
+
+
+def test_while_drafting_does_not_pay_a_probe_asks_one_prompt_in_probe_every(monkeypatch):
+    """Rows never asked for a draft cost the context drafter nothing (their text is never
+    indexed): a probe step asks the rows of one prompt in PROBE_EVERY, other prompts each
+    time, and the steps between probes ask none."""
+    asked = []
+    propose = ContextDrafter.propose_all
+
+    def spy(self, rows, keys, limits):
+        asked.append(sorted({key[0] for key in keys}))
+        return propose(self, rows, keys, limits)
+
+    monkeypatch.setattr(ContextDrafter, "propose_all", spy)
+    model = peaked_model(2, vocab=12)
+    speculation = Speculation(4)
+    speculation.make_policy().gain = 0.0  # drafting does not pay: probes only
+    prompts = [[1 + i % 9, 2 + i % 7, 3] for i in range(24)]
+    engine = Engine(model, PAD, speculation=speculation)
+    engine.generate(prompts, max_new_tokens=30, temperature=0.0, max_rows=24)
+    every = speculative.PROBE_EVERY
+    assert asked and engine.stats.forwards >= every * len(asked)
+    assert all(len({p % every for p in prompts_asked}) == 1 for prompts_asked in asked)
+    assert len({tuple(x) for x in asked}) > 1  # a different prompt each probe
+
+
+def test_a_probe_whose_drafts_come_true_starts_drafting():
+    """The gain of a probe counts its drafts as if every row had drafted alike, so good drafts
+    seen on one row in PROBE_EVERY lift the policy into drafting."""
+    model = peaked_model(0, vocab=12)
+    policy = DraftPolicy(num_tokens=4)
+    good = ("kept", 4)
+    for _ in range(100):
+        policy.observe(good, [1, 2, 3, 4], [1, 2, 3, 4, 5])
+    assert not policy.pays()
+    policy.choose(model, rows=8, drafts=[(4, good)], asked=1 / 8)
+    assert policy.pays()
 
 
 def test_history_keeps_the_newest_completions_of_the_newest_prompts():

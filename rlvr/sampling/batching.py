@@ -42,7 +42,13 @@ from rlvr.sampling.engine import (
     tempered_logprobs,
     truncate,
 )
-from rlvr.sampling.speculative import ContextDrafter, DraftPolicy, ModelDrafter, Speculation
+from rlvr.sampling.speculative import (
+    PROBE_EVERY,
+    ContextDrafter,
+    DraftPolicy,
+    ModelDrafter,
+    Speculation,
+)
 
 
 @dataclass
@@ -198,22 +204,33 @@ class RowsLoop:
         if self.drafter is None:
             return 0
         self.steps += 1
+        for i in active:
+            self.rows[i].draft = []
         if not self.policy.proposing(self.steps):
-            for i in active:
-                self.rows[i].draft = []
             return 0
+        asked = active
+        if not self.policy.pays() and isinstance(self.drafter, ContextDrafter):
+            # a probe: the rows of one prompt in PROBE_EVERY (a group is indexed as a whole),
+            # different prompts each probe
+            turn = self.steps // PROBE_EVERY
+            asked = [
+                i for i in active if self.rows[i].prompt_index % PROBE_EVERY == turn % PROBE_EVERY
+            ]
+            if not asked:
+                chosen = self.rows[active[turn % len(active)]].prompt_index
+                asked = [i for i in active if self.rows[i].prompt_index == chosen]
         room = min(self.cache.max_len, self.model.config.max_position_embeddings)
         room -= self.cache.length + 1  # slots left after every row's last token
         limits = []
-        for i in active:
+        for i in asked:
             row = self.rows[i]
             limits.append(
                 max(0, min(self.num_draft, self.max_new_tokens - len(row.tokens) - 1, room))
             )
-        keys = [self.rows[i].key for i in active]
-        proposals = self.drafter.propose_all(active, keys, limits)
+        keys = [self.rows[i].key for i in asked]
+        proposals = self.drafter.propose_all(asked, keys, limits)
         drafting = []
-        for i, (draft, kind) in zip(active, proposals):
+        for i, (draft, kind) in zip(asked, proposals):
             row = self.rows[i]
             row.draft, row.kind = draft, kind
             if draft:
@@ -222,7 +239,8 @@ class RowsLoop:
         if isinstance(self.drafter, ModelDrafter) and drafting:
             longest = max(length for length, _ in drafting)
             spent = self.drafter.modelled_seconds(self.policy.cost, len(self.rows), longest)
-        return self.policy.choose(self.model, len(self.rows), drafting, spent)
+        share = len(asked) / len(active)
+        return self.policy.choose(self.model, len(self.rows), drafting, spent, share)
 
     def _verify(self, active: list[int], logits: torch.Tensor, drafts: torch.Tensor):
         """Accepted drafts per row and what each row emits: per row (tokens, logprobs,
@@ -283,8 +301,6 @@ class RowsLoop:
                 if reason is not None:
                     break
             self.stats.new_tokens += added
-            if self.drafter is not None:
-                self.drafter.extend(i, row.key, row.tokens[-added:])
             if reason is not None:
                 done.append(self._finish(i, reason))
         return done
@@ -317,7 +333,7 @@ class RowsLoop:
         """Fill free rows with waiting samples (prefilling new prompts); sample their first
         tokens. Returns the completions that a first token already finished."""
         done: list[Completion] = []
-        while True:
+        while self.waiting or not self.exhausted:  # (the tail: nothing left to admit)
             free = [i for i, row in enumerate(self.rows) if row is None]
             if not free:
                 return done
@@ -333,6 +349,7 @@ class RowsLoop:
             no_drafts = torch.empty((len(rows), 0), dtype=torch.long, device=self.device)
             _, emitted = self._verify(rows, logits, no_drafts)
             done += self._emit(rows, emitted, [[] for _ in rows])
+        return done
 
     def _read_prompt(self) -> None:
         try:
@@ -413,8 +430,9 @@ class RowsLoop:
         for cache, dst, src, lengths in by_cache.values():
             self.cache.load_rows(dst, cache, src, lengths)
         if self.drafter is not None:
-            self.drafter.load(rows, [self.rows[r].key for r in rows],
-                              [self.rows[r].prompt for r in rows], self.cache.max_len)  # fmt: skip
+            new = [self.rows[r] for r in rows]
+            self.drafter.load(rows, [row.key for row in new], [row.prompt for row in new],
+                              [row.tokens for row in new], self.cache.max_len)  # fmt: skip
         return torch.stack(logits)
 
     def _compact(self) -> None:

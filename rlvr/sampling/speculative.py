@@ -110,50 +110,54 @@ class DraftHistory:
 
 class _GroupIndex:
     """Every n-gram (1..MAX_NGRAM tokens) of a group's texts (the samples of one prompt and
-    its kept completions), mapped to where it occurred with a continuation after it. Texts
-    are indexed when a draft is asked for (steps that do not draft pay nothing)."""
+    its kept completions), mapped to where it occurred with a continuation after it. A text
+    is its prompt and its completion, the completion being the rows loop's own list of the
+    row's tokens (it grows as the row decodes: nothing is copied per step). Texts are indexed
+    when a draft is asked for (steps and rows that do not draft pay nothing)."""
 
     def __init__(self) -> None:
-        self.texts: dict[object, list[int]] = {}
+        self.texts: dict[object, tuple[list[int], list[int]]] = {}
         self.indexed: dict[object, int] = {}  # positions of each text indexed so far
-        self.unindexed: dict[object, None] = {}  # texts with new tokens, in order
         self.where: dict[tuple[int, ...], list[tuple[object, int]]] = {}
 
-    def add_text(self, key: object, tokens: Sequence[int]) -> None:
-        self.texts[key] = list(tokens)
+    def add_text(self, key: object, prompt: list[int], completion: list[int]) -> None:
+        self.texts[key] = (prompt, completion)
         self.indexed[key] = 1  # (position 0 has no n-gram before it)
-        self.unindexed[key] = None
-
-    def extend(self, key: object, tokens: Sequence[int]) -> None:
-        self.texts[key] += tokens
-        self.unindexed[key] = None
 
     def _catch_up(self) -> None:
-        for key in self.unindexed:
-            text = self.texts[key]
+        for key, (prompt, completion) in self.texts.items():
             start = self.indexed[key]
+            if len(prompt) + len(completion) <= start:
+                continue
+            text = prompt + completion
             for i in range(start, len(text)):  # position i has a continuation: register
                 for n in range(1, min(MAX_NGRAM, i) + 1):  # the n-grams that end before it
                     places = self.where.setdefault(tuple(text[i - n : i]), [])
                     places.append((key, i))
                     if len(places) > CANDIDATES_PER_NGRAM:
                         del places[0]
-            self.indexed[key] = max(start, len(text))
-        self.unindexed.clear()
+            self.indexed[key] = len(text)
+
+    def _slice(self, key: object, start: int, length: int) -> list[int]:
+        prompt, completion = self.texts[key]
+        if start >= len(prompt):
+            return completion[start - len(prompt) : start - len(prompt) + length]
+        return (prompt + completion)[start : start + length]
 
     def propose(self, key: object, max_tokens: int) -> tuple[list[int], object]:
         """The draft for text `key` and its kind: (source, length of the suffix matched),
         source "own", "sibling" or "kept"; ([], None) if nothing matched."""
         self._catch_up()
-        text = self.texts[key]
-        for n in range(min(MAX_NGRAM, len(text)), 0, -1):
-            places = self.where.get(tuple(text[-n:]))
+        prompt, completion = self.texts[key]
+        end = len(prompt) + len(completion)
+        for n in range(min(MAX_NGRAM, end), 0, -1):
+            places = self.where.get(tuple(self._slice(key, end - n, n)))
             if not places:
                 continue
             best: list[int] = []
             source: object = None
             for where, i in reversed(places):  # newest first; the longest continuation wins
-                found = self.texts[where][i : i + max_tokens]
+                found = self._slice(where, i, max_tokens)
                 if len(found) > len(best):
                     best, source = found, where
                 if len(best) == max_tokens:
@@ -174,18 +178,16 @@ class ContextDrafter:
         self.groups: dict[int, _GroupIndex] = {}
 
     def load(self, rows: list[int], keys: list[tuple[int, int]], prompts: list[list[int]],
-             max_len: int) -> None:  # fmt: skip
-        """New rows: each sample's key and its prompt's tokens."""
-        for key, prompt in zip(keys, prompts):
+             completions: list[list[int]], max_len: int) -> None:  # fmt: skip
+        """New rows: each sample's key, its prompt's tokens and the list its new tokens go
+        to (the rows loop appends to it; it is read when a draft is asked for)."""
+        for key, prompt, completion in zip(keys, prompts, completions):
             group = self.groups.get(key[0])
             if group is None:
                 group = self.groups[key[0]] = _GroupIndex()
                 for i, old in enumerate(self.history.get(prompt) if self.history else []):
-                    group.add_text(("kept", i), list(prompt) + old)
-            group.add_text(key, prompt)
-
-    def extend(self, row: int, key: tuple[int, int], tokens: Sequence[int]) -> None:
-        self.groups[key[0]].extend(key, tokens)
+                    group.add_text(("kept", i), prompt, old)
+            group.add_text(key, prompt, completion)
 
     def propose_all(self, rows: list[int], keys: list[tuple[int, int]],
                     limits: list[int]) -> list[tuple[list[int], int]]:  # fmt: skip
@@ -221,14 +223,16 @@ class ModelDrafter:
         self.device = next(model.parameters()).device
         self.cache = KVCache.create(model, 0, 1)
         self.cache.start_rows()
-        self.pending: list[list[int]] = []  # per row: emitted tokens not in the cache yet
+        self.completions: list[list[int]] = []  # per row: the rows loop's list of its tokens
+        self.fed: list[int] = []  # per row: how many of them are in the cache
 
     def load(self, rows: list[int], keys: list[tuple[int, int]], prompts: list[list[int]],
-             max_len: int) -> None:  # fmt: skip
+             completions: list[list[int]], max_len: int) -> None:  # fmt: skip
         needed = max(rows) + 1
         if needed > self.cache.batch_size:
             self.cache.add_rows(needed - self.cache.batch_size)
-            self.pending += [[] for _ in range(needed - len(self.pending))]
+            self.completions += [[] for _ in range(needed - len(self.completions))]
+            self.fed += [0] * (needed - len(self.fed))
         if max_len > self.cache.max_len:
             self.cache.grow(max_len)
         lengths = [len(p) for p in prompts]
@@ -241,22 +245,20 @@ class ModelDrafter:
         prefill = KVCache.create(self.model, len(rows), width)
         self.model(ids.to(self.device), mask.to(self.device), cache=prefill)
         self.cache.load_rows(rows, prefill, list(range(len(rows))), lengths)
-        for row in rows:
-            self.pending[row] = []
-
-    def extend(self, row: int, key: tuple[int, int], tokens: Sequence[int]) -> None:
-        self.pending[row] += list(tokens)
+        for row, completion in zip(rows, completions):
+            self.completions[row], self.fed[row] = completion, 0
 
     def propose_all(self, rows: list[int], keys: list[tuple[int, int]],
                     limits: list[int]) -> list[tuple[list[int], int]]:  # fmt: skip
         B = self.cache.batch_size
-        width = max(len(self.pending[r]) for r in rows)
+        pending = {r: self.completions[r][self.fed[r] :] for r in rows}
+        width = max(len(tokens) for tokens in pending.values())
         ids = torch.full((B, width), self.pad_id, dtype=torch.long)
         counts = [0] * B
-        for r in rows:
-            ids[r, : len(self.pending[r])] = torch.tensor(self.pending[r], dtype=torch.long)
-            counts[r] = len(self.pending[r])
-            self.pending[r] = []
+        for r, tokens in pending.items():
+            ids[r, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+            counts[r] = len(tokens)
+            self.fed[r] += len(tokens)
         logits = self._forward(ids)  # (B, width, V)
         self.cache.keep(counts)
         last = torch.tensor([max(c - 1, 0) for c in counts], device=self.device)
@@ -281,11 +283,12 @@ class ModelDrafter:
 
     def finish(self, row: int, key: tuple[int, int], prompt: Sequence[int],
                completion: Sequence[int], last_of_group: bool) -> None:  # fmt: skip
-        self.pending[row] = []
+        self.completions[row], self.fed[row] = [], 0
 
     def select_rows(self, rows: list[int]) -> None:
         self.cache.select_rows(torch.tensor(rows, device=self.device))
-        self.pending = [self.pending[r] for r in rows]
+        self.completions = [self.completions[r] for r in rows]
+        self.fed = [self.fed[r] for r in rows]
 
 
 # ----------------------------------------------------------------------------- when drafting pays
@@ -332,7 +335,9 @@ def _matmul_parameters(model) -> int:
 
 PROBE_EVERY = 8
 """While drafting does not pay, drafts are still proposed (and scored against the tokens that
-come) every PROBE_EVERY-th step, and the rows loop still runs every PROBE_EVERY-th call."""
+come) every PROBE_EVERY-th step, for one row in PROBE_EVERY (a different one each time: a
+context drafter indexes a row's text only when asked for its draft, so rows never probed cost
+nothing), and the rows loop still runs every PROBE_EVERY-th call."""
 PAYS = 1.02
 """Expected speed-up of a step below which drafting is said not to pay (proposals then cost
 their host time for nothing)."""
@@ -355,9 +360,10 @@ class DraftPolicy:
     """Weight of older outcomes after each new one (an effective memory of ~200 drafts)."""
     accepted: dict = field(default_factory=dict)
     rejected: dict = field(default_factory=dict)
-    gain: float = 1.05
-    """Moving average of the expected speed-up of the steps that proposed drafts (a little
-    above PAYS at first, so the first steps try)."""
+    gain: float = 1.0
+    """Moving average of the expected speed-up of the steps that proposed drafts. It starts
+    under PAYS: a call probes before it drafts, so drafts that do not pay cost a probe's
+    bookkeeping, never a verify forward of every row."""
     call_gain: dict = field(default_factory=dict)
     """The gain at the end of the last rows-loop call, by rows (rounded up to a power of 2)."""
     calls_since_probe: dict = field(default_factory=dict)
@@ -379,20 +385,26 @@ class DraftPolicy:
         r = self.rejected.get(kind, 0.0) * self.decay + (1.0 if matched < n else 0.0)
         self.accepted[kind], self.rejected[kind] = a, r
 
+    def pays(self) -> bool:
+        """Whether drafting pays at present (every step proposes drafts for every row)."""
+        return not self.adaptive or self.gain >= PAYS
+
     def proposing(self, step: int) -> bool:
         """Whether to propose drafts at this step of a call: always while drafting pays,
         else every PROBE_EVERY-th step (to keep measuring)."""
-        return not self.adaptive or self.gain >= PAYS or step % PROBE_EVERY == 0
+        return self.pays() or step % PROBE_EVERY == 0
 
     def choose(self, model, rows: int, drafts: list[tuple[int, object]],
-               draft_seconds: float = 0.0) -> int:  # fmt: skip
+               draft_seconds: float = 0.0, asked: float = 1.0) -> int:  # fmt: skip
         """How many drafted tokens each row verifies this step (0: a plain decode step).
 
         rows: rows in the forward; drafts: (length, kind) of each drafting row's proposal;
-        draft_seconds: the modelled cost of having drafted them (a draft model's forwards).
+        draft_seconds: the modelled cost of having drafted them (a draft model's forwards);
+        asked: the share of the rows asked for a draft (below 1 on a probe step).
         Every row's forward takes the same number of tokens, so a step verifies k tokens of
         every draft: the k that gives the most expected tokens per modelled second. The
-        speed-up over a plain step that did not draft at all goes into `gain`."""
+        speed-up over a plain step that did not draft at all, had every row been asked as
+        these were, goes into `gain`."""
         if not drafts:
             self.gain = 0.9 * self.gain + 0.1
             return 0
@@ -403,10 +415,23 @@ class DraftPolicy:
         for length, kind in drafts:
             key = (length, self.rate(kind))
             groups[key] = groups.get(key, 0) + 1
+        best_k, _ = self._best(model, rows, groups, longest, draft_seconds, 1.0)
+        if asked < 1.0:
+            _, gain = self._best(model, rows, groups, longest, draft_seconds, 1.0 / asked)
+        else:
+            _, gain = self._best(model, rows, groups, longest, draft_seconds, 1.0)
+        self.gain = 0.9 * self.gain + 0.1 * gain
+        return best_k
+
+    def _best(self, model, rows: int, groups: dict[tuple[int, float], int], longest: int,
+              draft_seconds: float, scale: float) -> tuple[int, float]:  # fmt: skip
+        """The k with the most expected tokens per modelled second, with each group of
+        drafts counted `scale` times, and its speed-up over a plain step that drafted
+        nothing (the drafting's own cost included)."""
         plain = rows / self.cost.seconds(model, rows, 1)
         best_k, best, drafted = 0, plain, 0.0
         for k in range(1, longest + 1):
-            expected = rows + sum(
+            expected = rows + scale * sum(
                 count * _expected_accepted(rate, min(length, k))
                 for (length, rate), count in groups.items()
             )
@@ -414,9 +439,8 @@ class DraftPolicy:
             if expected / seconds > best:
                 best_k, best = k, expected / seconds
                 drafted = expected / (seconds + draft_seconds)
-        self.gain = 0.9 * self.gain + 0.1 * max(drafted, rows / (
-            self.cost.seconds(model, rows, 1) + draft_seconds)) / plain  # fmt: skip
-        return best_k
+        floor = rows / (self.cost.seconds(model, rows, 1) + draft_seconds)
+        return best_k, max(drafted, floor) / plain
 
     def use_rows_loop(self, rows: int) -> bool:
         """Whether a call of this many rows, which the batch engine could decode, should go
