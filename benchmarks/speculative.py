@@ -18,7 +18,8 @@ process, each variant alternating with the others, repeat by repeat:
    checkpoint kept, as a training run's evaluation every 20 steps keeps them), and `always`;
    with `--draft FOLDER` also `draft` (speculate = "draft" with that model) and
    `draft_always`.
-3. continuous: the same greedy evaluation, batch at a time against continuous batching, with
+3. continuous: the same greedy evaluation, batch at a time against continuous batching (the
+   rows loop, even where `generate` would pick the batch engine: Engine.uses_rows_loop), with
    pretrained/ (lengths vary: most answers are short, a few think at length) and checkpoint/
    (lengths alike), at 8, 64 and 256 rows (256: the demo's eval.batch_size).
 4. exact: the cost of sampler.exact_logprobs: the grpo workload's sampling (speculation off)
@@ -189,9 +190,16 @@ def main() -> None:
                 runs = {"batch": [], "continuous": []}
                 for _ in range(args.repeats):
                     for name in runs:
-                        engine = Engine(checkpoint, tokenizer.pad_id,
-                                        continuous_batching=name == "continuous")  # fmt: skip
-                        seconds, tokens = timed(engine, prompts, max_rows=rows, **greedy)
+                        engine = Engine(checkpoint, tokenizer.pad_id)
+                        if name == "continuous":  # the rows loop, whatever generate would pick
+                            start = clock()
+                            out = list(engine.stream(prompts, stop_token_ids=stop, max_rows=rows,
+                                                     **greedy))  # fmt: skip
+                            seconds = clock() - start
+                            tokens = sum(len(c.token_ids) for c in out)
+                        else:
+                            engine.continuous_batching = False
+                            seconds, tokens = timed(engine, prompts, max_rows=rows, **greedy)
                         runs[name].append((seconds, tokens, None))
                 out = report(runs)
                 out["ratio"] = round(out["continuous"]["new_tokens_per_s"]

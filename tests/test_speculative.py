@@ -365,6 +365,19 @@ def test_continuous_batching_gives_each_prompt_the_batch_engines_greedy_output(m
     assert len(lengths) > 1  # the lengths vary: rows really were refilled mid-way
 
 
+def test_continuous_batching_takes_calls_of_three_batches_or_more():
+    """With one or two batches there is at most one tail to save, and the rows loop's
+    per-row costs win: such calls go a batch at a time (Engine.uses_rows_loop)."""
+    engine = Engine(peaked_model(8, vocab=12), PAD)
+    assert engine.uses_rows_loop(num_rows=9, max_rows=4)
+    assert not engine.uses_rows_loop(num_rows=8, max_rows=4)
+    assert not engine.uses_rows_loop(num_rows=3, max_rows=4)
+    engine.generate([[1, 2]] * 4, num_samples=2, max_new_tokens=4, temperature=0.0, max_rows=4)
+    assert engine.stats is None  # (only the rows loop sets it)
+    engine.continuous_batching = False
+    assert not engine.uses_rows_loop(num_rows=9, max_rows=4)
+
+
 def test_stream_reads_prompts_only_as_rows_free_up():
     model = peaked_model(8, vocab=12)
     read = []

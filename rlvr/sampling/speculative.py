@@ -415,11 +415,9 @@ class DraftPolicy:
         for length, kind in drafts:
             key = (length, self.rate(kind))
             groups[key] = groups.get(key, 0) + 1
-        best_k, _ = self._best(model, rows, groups, longest, draft_seconds, 1.0)
+        best_k, gain = self._best(model, rows, groups, longest, draft_seconds, 1.0)
         if asked < 1.0:
             _, gain = self._best(model, rows, groups, longest, draft_seconds, 1.0 / asked)
-        else:
-            _, gain = self._best(model, rows, groups, longest, draft_seconds, 1.0)
         self.gain = 0.9 * self.gain + 0.1 * gain
         return best_k
 
