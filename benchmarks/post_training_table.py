@@ -51,14 +51,18 @@ def main() -> None:
     for item in args.runs:
         name, _, folder = item.partition("=")
         rows.append(row(name, Path(folder)))
-    print("| recipe | accuracy before -> after | forced to think | think forced empty | "
-          "wall s after pretraining (phases) | tokens sampled |")  # fmt: skip
-    print("| --- | --- | --- | --- | --- | --- |")
+    tries = any(r["tries_think"] is not None for r in rows)  # (countdown runs log them)
+    print("| recipe | accuracy before -> after | forced to think |"
+          + (" tries |" if tries else "")
+          + " think forced empty | wall s after pretraining (phases) | tokens sampled |")  # fmt: skip
+    print("| --- " * (6 + tries) + "|")
     for r in rows:
         phases = ", ".join(f"{k} {v:.0f}" for k, v in r["phase_seconds"].items())
         think = "" if r["accuracy_think"] is None else f"{r['accuracy_think']:.3f}"
-        print(f"| {r['name']} | {r['before']:.3f} -> {r['accuracy']:.3f} | {think} | "
-              f"{r['accuracy_no_think']:.3f} | {r['wall_seconds']:.0f} ({phases}) | "
+        searched = "" if r["tries_think"] is None else f"{r['tries_think']:.2f}"
+        print(f"| {r['name']} | {r['before']:.3f} -> {r['accuracy']:.3f} | {think} |"
+              + (f" {searched} |" if tries else "")
+              + f" {r['accuracy_no_think']:.3f} | {r['wall_seconds']:.0f} ({phases}) | "
               f"{r['tokens_sampled']:,} |")  # fmt: skip
     print(json.dumps({"rows": rows}))
 

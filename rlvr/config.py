@@ -432,7 +432,7 @@ class SamplerConfig:
     folder, of a small model with the policy's tokenizer."""
     continuous_batching: bool = True
     """Keep the engine's rows full: when a completion finishes, the next waiting sample takes
-    its row (evaluation: eval.batch_size rows over all its problems, when they fill at least
+    its row (evaluation: eval.batch_size rows over all its problems, when they need at least
     three such batches, else a batch at a time; dynamic sampling: the next round's problems
     start while the last round's long completions finish)."""
     exact_logprobs: bool = False

@@ -24,7 +24,11 @@ PROMPTS = [[3, 4, 5, 6, 7], [8, 9], [10, 11, 12, 13, 14, 15, 16, 17]]
 
 
 class TwoRowsEngine(RealEngine):
-    """The engine with continuous batching on two rows."""
+    """The engine with continuous batching on two rows, for every call (however few its rows:
+    `generate` alone would decode calls of one or two batches a batch at a time)."""
+
+    def uses_rows_loop(self, num_rows, max_rows=0):
+        return True
 
     def generate(self, prompts, **kwargs):
         return super().generate(prompts, max_rows=2, **kwargs)

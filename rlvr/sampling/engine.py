@@ -53,8 +53,8 @@ class Completion:
 
 
 CONTINUOUS_MIN_BATCHES = 3
-"""Continuous batching decodes a call only when its rows fill at least this many batches of
-max_rows. What it saves is the tail of each batch (rows idle while the batch's longest
+"""Continuous batching decodes a call only when it needs at least this many batches of
+max_rows (more than (CONTINUOUS_MIN_BATCHES - 1) * max_rows rows). What it saves is the tail of each batch (rows idle while the batch's longest
 completion finishes); what it costs is per step and row (each row's cache slots written at
 its own position, attention over the longest row's slots, the host's bookkeeping). With one
 or two batches there is at most one tail to save, and the costs win (docs/speculative.md
@@ -76,7 +76,7 @@ class Engine:
         token per row and step.
         continuous_batching: how `generate` decodes more rows than `max_rows`: in the rows
         loop, a finished completion's row taken by the next waiting sample (True; when the
-        rows fill at least CONTINUOUS_MIN_BATCHES batches), or a batch of prompts at a time.
+        rows need at least CONTINUOUS_MIN_BATCHES batches), or a batch of prompts at a time.
         Speculation, continuous batching and a model with batch-invariant kernels decode in
         the rows loop (rlvr/sampling/batching.py), eagerly; they need rlvr's model class (a
         transformers model behind rlvr.hf.HFModel decodes a batch at a time, one token per
@@ -98,7 +98,7 @@ class Engine:
 
     def uses_rows_loop(self, num_rows: int, max_rows: int = 0) -> bool:
         """Whether `generate` with this many rows and max_rows decodes in the rows loop:
-        with batch-invariant kernels always; for continuous batching when the rows fill at
+        with batch-invariant kernels always; for continuous batching when the rows need at
         least CONTINUOUS_MIN_BATCHES batches of max_rows; for speculation alone
         when its policy expects drafting to pay at this many rows
         (`DraftPolicy.use_rows_loop`: the batch engine's plain steps are cheaper)."""

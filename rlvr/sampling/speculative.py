@@ -335,9 +335,11 @@ def _matmul_parameters(model) -> int:
 
 PROBE_EVERY = 8
 """While drafting does not pay, drafts are still proposed (and scored against the tokens that
-come) every PROBE_EVERY-th step, for one row in PROBE_EVERY (a different one each time: a
-context drafter indexes a row's text only when asked for its draft, so rows never probed cost
-nothing), and the rows loop still runs every PROBE_EVERY-th call."""
+come) every PROBE_EVERY-th step: by a context drafter for the rows of one prompt in
+PROBE_EVERY (prompt index modulo PROBE_EVERY, a different residue each time: it indexes a
+prompt's texts only when asked for a draft, so prompts never probed cost nothing), by a draft
+model for every row (it drafts them all in one forward anyway). The rows loop still runs
+every PROBE_EVERY-th call."""
 PAYS = 1.02
 """Expected speed-up of a step below which drafting is said not to pay (proposals then cost
 their host time for nothing)."""
@@ -362,8 +364,9 @@ class DraftPolicy:
     rejected: dict = field(default_factory=dict)
     gain: float = 1.0
     """Moving average of the expected speed-up of the steps that proposed drafts. It starts
-    under PAYS: a call probes before it drafts, so drafts that do not pay cost a probe's
-    bookkeeping, never a verify forward of every row."""
+    under PAYS: a fresh policy probes before it drafts, so drafts that do not pay cost a
+    probe's bookkeeping, never a verify forward of every row. It carries over from call to
+    call (and through checkpoints)."""
     call_gain: dict = field(default_factory=dict)
     """The gain at the end of the last rows-loop call, by rows (rounded up to a power of 2)."""
     calls_since_probe: dict = field(default_factory=dict)
