@@ -29,7 +29,6 @@ import os
 import re
 import select
 import signal
-import subprocess
 import sys
 import threading
 import weakref
@@ -40,7 +39,7 @@ from pathlib import Path
 from rlvr.errors import ConfigError
 from rlvr.verifiers.base import Verdict
 from rlvr.verifiers.format import answer_part, parse_response
-from rlvr.verifiers.pool import _recv, _send
+from rlvr.verifiers.pool import _recv, _send, kill_worker, protocol_streams, spawn_worker
 
 LOAD_TIMEOUT_S = 600.0  # a worker that has not loaded its model by then is given up on
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -103,10 +102,7 @@ def _worker_main() -> None:
     (lists of question texts) with lists of output texts until stdin closes."""
     _die_with_parent()
     settings = json.loads(sys.argv[1])
-    inbox = os.fdopen(os.dup(0), "rb")
-    outbox = os.fdopen(os.dup(1), "wb")
-    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
-    os.dup2(2, 1)  # stray prints must not corrupt the protocol
+    inbox, outbox = protocol_streams()
     try:
         import torch
 
@@ -151,11 +147,7 @@ class _Worker:
 
     def __init__(self, settings: dict) -> None:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", _WORKER_CODE, json.dumps(settings)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, env=env,
-            start_new_session=True,  # its own process group: a kill takes its children too
-        )  # fmt: skip
+        self.proc = spawn_worker(_WORKER_CODE, json.dumps(settings), env)
         self.context = 0  # the model's context length, tokens (known once it is loaded)
 
     def wait_ready(self, timeout_s: float) -> str | None:
@@ -182,16 +174,7 @@ class _Worker:
             return ("died", f"the judge's worker died ({how})")
 
     def kill(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        for stream in (self.proc.stdin, self.proc.stdout):
-            try:
-                stream.close()
-            except OSError:
-                pass
-        self.proc.wait()
+        kill_worker(self.proc)
 
 
 def _die_with_parent() -> None:

@@ -103,6 +103,44 @@ def _recv(stream) -> Any:
     return pickle.loads(_read_exact(stream, size))
 
 
+def protocol_streams():
+    """In a worker process: (inbox, outbox), the protocol's ends of the original stdin and
+    stdout. Stdin then reads /dev/null and stdout goes to stderr, so code that reads or
+    prints in the worker cannot corrupt the protocol."""
+    inbox = os.fdopen(os.dup(0), "rb")
+    outbox = os.fdopen(os.dup(1), "wb")
+    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+    os.dup2(2, 1)
+    return inbox, outbox
+
+
+def spawn_worker(code: str, argument: str, env: dict[str, str]) -> subprocess.Popen:
+    """A fresh interpreter running `code` (with sys.argv[1] = argument), its stdin and stdout
+    the protocol's pipes, in a process group of its own (so a kill takes its children too)."""
+    return subprocess.Popen(
+        [sys.executable, "-c", code, argument],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        bufsize=0,  # unbuffered: select() must see every byte that has not been read
+        env=env,
+        start_new_session=True,
+    )
+
+
+def kill_worker(proc: subprocess.Popen) -> None:
+    """SIGKILL a worker's process group, close its pipes and reap it."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    for stream in (proc.stdin, proc.stdout):
+        try:
+            stream.close()
+        except OSError:
+            pass
+    proc.wait()
+
+
 def _worker_main() -> None:
     """Entry point of a worker: set limits, preload modules, then grade until stdin closes."""
     global _IN_WORKER
@@ -110,11 +148,7 @@ def _worker_main() -> None:
     config = json.loads(sys.argv[1])
     limit = config["memory_mb"] * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    # The protocol owns the original stdin/stdout; a verifier that prints writes to stderr.
-    inbox = os.fdopen(os.dup(0), "rb")
-    outbox = os.fdopen(os.dup(1), "wb")
-    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
-    os.dup2(2, 1)
+    inbox, outbox = protocol_streams()
     for module in config["preload"]:
         importlib.import_module(module)
     _send(outbox, ("ready", None))
@@ -154,29 +188,13 @@ class _Worker:
     """One worker process and the task it is busy with."""
 
     def __init__(self, config: str, env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", _WORKER_CODE, config],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            bufsize=0,  # unbuffered: select() must see every byte that has not been read
-            env=env,
-            start_new_session=True,  # its own process group: a kill takes its children too
-        )
+        self.proc = spawn_worker(_WORKER_CODE, config, env)
         self.ready = False
         self.task: _Task | None = None
         self.deadline = float("inf")  # time.monotonic() seconds
 
     def kill(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        for stream in (self.proc.stdin, self.proc.stdout):
-            try:
-                stream.close()
-            except OSError:
-                pass
-        self.proc.wait()
+        kill_worker(self.proc)
 
 
 def _kill_all(workers: list[_Worker]) -> None:
