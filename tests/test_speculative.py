@@ -422,6 +422,24 @@ def test_context_drafts_come_from_own_text_siblings_and_history():
     assert history.get([1, 2])[-2:] == [[7], [7, 5]] and not drafter.groups
 
 
+def test_context_drafts_come_from_other_prompts_finished_earlier_in_the_call():
+    """A problem of the same task shares steps with the ones before it: a finished
+    completion of another prompt drafts the next, after the row's own group had nothing."""
+    drafter = ContextDrafter(None)
+    done, running = [5, 6, 7, 8, 9], [5, 6]
+    drafter.load([0], [(0, 0)], [[1, 2]], [done], 64)
+    drafter.finish(0, (0, 0), [1, 2], done, last_of_group=True)
+    drafter.load([0], [(1, 0)], [[3, 4]], [running], 64)
+    assert drafter.propose_all([0], [(1, 0)], [2]) == [([7, 8], ("other", 2))]
+    running.append(9)  # "6 9" occurred nowhere, and nothing ever followed a "9"
+    assert drafter.propose_all([0], [(1, 0)], [2]) == [([], None)]
+    alone = ContextDrafter(None, others=False)
+    alone.load([0], [(0, 0)], [[1, 2]], [list(done)], 64)
+    alone.finish(0, (0, 0), [1, 2], done, last_of_group=True)
+    alone.load([0], [(1, 0)], [[3, 4]], [[5, 6]], 64)
+    assert alone.propose_all([0], [(1, 0)], [2]) == [([], None)]
+
+
 def test_the_policy_drafts_when_it_pays_and_not_when_it_does_not():
     model = peaked_model(0, vocab=12)
     policy = DraftPolicy(num_tokens=4)

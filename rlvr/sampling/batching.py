@@ -136,8 +136,9 @@ class RowsLoop:
             self.policy = speculation.make_policy()
             if speculation.draft_model is not None:
                 self.drafter = ModelDrafter(speculation.draft_model, pad_id)
-            else:
-                self.drafter = ContextDrafter(speculation.history)
+            else:  # other prompts' texts draft weakly: only where verifying is nearly free
+                others = self.policy.cost.overhead_bound(model, max_rows)
+                self.drafter = ContextDrafter(speculation.history, others=others)
         self.stats = LoopStats()
         self.steps = 0
         self.max_rows = max_rows

@@ -11,7 +11,8 @@ Drafters, none of which needs a second model:
   earlier in its own prompt and completion, in its siblings (the other samples of the same
   prompt in this call, running or finished), and in completions of the same prompt kept
   from earlier calls (`DraftHistory`: the same problems come back across GRPO steps and
-  evaluations); the tokens that followed it there are the draft.
+  evaluations), then in the texts of other prompts finished earlier in the call (where a
+  step's cost is mostly overhead); the tokens that followed it there are the draft.
 - `ModelDrafter`: the greedy continuation of a small draft model with the same tokenizer.
 
 The rule is the speculative sampling rule of Leviathan et al. 2023 ("Fast Inference from
@@ -144,20 +145,21 @@ class _GroupIndex:
             return completion[start - len(prompt) : start - len(prompt) + length]
         return (prompt + completion)[start : start + length]
 
-    def propose(self, key: object, max_tokens: int) -> tuple[list[int], object]:
+    def propose(self, key: object, max_tokens: int,
+                others: _OthersIndex | None = None) -> tuple[list[int], object]:  # fmt: skip
         """The draft for text `key` and its kind: (source, length of the suffix matched),
-        source "own", "sibling" or "kept"; ([], None) if nothing matched."""
+        source "own", "sibling", "kept" or "other" (a text of another prompt, `others`);
+        ([], None) if nothing matched. Longer matches first; at one length, this group's
+        texts before other prompts'."""
         self._catch_up()
         prompt, completion = self.texts[key]
         end = len(prompt) + len(completion)
         for n in range(min(MAX_NGRAM, end), 0, -1):
-            places = self.where.get(tuple(self._slice(key, end - n, n)))
-            if not places:
-                continue
+            suffix = tuple(self._slice(key, end - n, n))
             best: list[int] = []
             source: object = None
-            for where, i in reversed(places):  # newest first; the longest continuation wins
-                found = self._slice(where, i, max_tokens)
+            for where, i in reversed(self.where.get(suffix, ())):  # newest first; the
+                found = self._slice(where, i, max_tokens)  # longest continuation wins
                 if len(found) > len(best):
                     best, source = found, where
                 if len(best) == max_tokens:
@@ -165,7 +167,36 @@ class _GroupIndex:
             if best:
                 kind = "own" if source == key else "kept" if source[0] == "kept" else "sibling"
                 return best, (kind, n)
+            if others is not None:
+                best = others.propose(suffix, max_tokens)
+                if best:
+                    return best, ("other", n)
         return [], None
+
+
+class _OthersIndex:
+    """Every n-gram (1..MAX_NGRAM tokens) of the texts (prompt and completion) that finished
+    earlier in the call, whatever their prompt, with the text and place of its newest
+    occurrence. Problems of one task share their wording and many of their steps (the same
+    product, the same sum), so a finished completion drafts the next problem's like a
+    suffix index over earlier outputs (SuffixDecoding, Oliaro et al. 2024). Texts are indexed
+    when a draft looks here."""
+
+    def __init__(self) -> None:
+        self.where: dict[tuple[int, ...], tuple[list[int], int]] = {}
+        self.pending: list[list[int]] = []
+
+    def add(self, text: list[int]) -> None:
+        self.pending.append(text)
+
+    def propose(self, suffix: tuple[int, ...], max_tokens: int) -> list[int]:
+        for text in self.pending:
+            for i in range(1, len(text)):  # position i has a continuation: register
+                for n in range(1, min(MAX_NGRAM, i) + 1):
+                    self.where[tuple(text[i - n : i])] = (text, i)
+        self.pending.clear()
+        found = self.where.get(suffix)
+        return found[0][found[1] : found[1] + max_tokens] if found else []
 
 
 class ContextDrafter:
@@ -173,9 +204,12 @@ class ContextDrafter:
     kept completions of the same prompt (`DraftHistory`). Texts are keyed by (prompt index,
     sample index); row numbers are not needed here."""
 
-    def __init__(self, history: DraftHistory | None) -> None:
+    def __init__(self, history: DraftHistory | None, others: bool = True) -> None:
+        """others: also draft from the texts of other prompts finished in this call
+        (`_OthersIndex`; the rows loop turns it on where steps are overhead-bound)."""
         self.history = history
         self.groups: dict[int, _GroupIndex] = {}
+        self.others = _OthersIndex() if others else None
 
     def load(self, rows: list[int], keys: list[tuple[int, int]], prompts: list[list[int]],
              completions: list[list[int]], max_len: int) -> None:  # fmt: skip
@@ -193,15 +227,18 @@ class ContextDrafter:
                     limits: list[int]) -> list[tuple[list[int], int]]:  # fmt: skip
         """Per row (draft tokens, kind): kind is (source, length of the matched suffix)."""
         return [
-            self.groups[key[0]].propose(key, limit) if limit > 0 else ([], None)
+            self.groups[key[0]].propose(key, limit, self.others) if limit > 0 else ([], None)
             for key, limit in zip(keys, limits)
         ]
 
     def finish(self, row: int, key: tuple[int, int], prompt: Sequence[int],
                completion: Sequence[int], last_of_group: bool) -> None:  # fmt: skip
-        """A row finished: keep its completion for later calls; drop the group when done."""
+        """A row finished: keep its completion for later calls and for the other prompts of
+        this call; drop the group when done."""
         if self.history is not None:
             self.history.add(prompt, completion)
+        if self.others is not None:
+            self.others.add(list(prompt) + list(completion))
         if last_of_group:
             del self.groups[key[0]]
 
@@ -313,6 +350,14 @@ class StepCost:
     flops: float = 6e10
     first_token: float = 2.0
     host_seconds_per_row: float = 2.5e-5
+
+    def overhead_bound(self, model, rows: int) -> bool:
+        """Whether a step of this many rows costs its fixed per-layer overhead more than its
+        rows' arithmetic: where verifying a few tokens per row costs about one step, and even
+        weak drafts can pay."""
+        layers = model.config.num_hidden_layers
+        per_token = 2.0 * _matmul_parameters(model) / self.flops
+        return rows * per_token * self.first_token <= layers * self.ops_per_layer * self.op_seconds
 
     def seconds(self, model, rows: int, new: int) -> float:
         layers = model.config.num_hidden_layers
