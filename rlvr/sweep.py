@@ -18,9 +18,9 @@ A sweep file names the recipe every run starts from, the keys they share, and a 
 A grid value that is a table sets several keys together (a model size is four or five keys).
 Every run is an ordinary `rlvr train` run in OUT/runs/<name>/, named after its grid values and
 a hash of its whole config. After a run the sweep reads its accuracies, counts its training
-compute (`count_flops`) and writes OUT/runs/<name>/sweep_result.json; then it rewrites the table (OUT/sweep.csv,
-OUT/sweep.md, with the fitted curves) and the plots (OUT/scaling_params.png,
-OUT/scaling_compute.png) from every finished run. A sweep that is stopped or killed continues
+compute (`count_flops`) and writes OUT/runs/<name>/sweep_result.json; then it rewrites the
+table (OUT/sweep.csv, OUT/sweep.md, with the fitted curves) and the plots
+(OUT/scaling_params.png, OUT/scaling_compute.png) from every finished run. A sweep that is stopped or killed continues
 where it stopped when started again: a run with a sweep_result.json is never run again, and a
 run cut off midway resumes from its latest checkpoint (exactly, as `rlvr train --resume` does).
 

@@ -355,16 +355,18 @@ class StepCost:
         """Whether a step of this many rows costs its fixed per-layer overhead more than its
         rows' arithmetic: where verifying a few tokens per row costs about one step, and even
         weak drafts can pay."""
-        layers = model.config.num_hidden_layers
-        per_token = 2.0 * _matmul_parameters(model) / self.flops
-        return rows * per_token * self.first_token <= layers * self.ops_per_layer * self.op_seconds
+        fixed, per_token = self._parts(model)
+        return rows * per_token * self.first_token <= fixed
 
     def seconds(self, model, rows: int, new: int) -> float:
-        layers = model.config.num_hidden_layers
-        fixed = layers * self.ops_per_layer * self.op_seconds
-        per_token = 2.0 * _matmul_parameters(model) / self.flops
+        fixed, per_token = self._parts(model)
         host = rows * self.host_seconds_per_row if new > 1 else 0.0
         return fixed + rows * per_token * (self.first_token + new - 1) + host
+
+    def _parts(self, model) -> tuple[float, float]:
+        """(seconds of a step's fixed per-layer overhead, seconds of one token's arithmetic)."""
+        fixed = model.config.num_hidden_layers * self.ops_per_layer * self.op_seconds
+        return fixed, 2.0 * _matmul_parameters(model) / self.flops
 
 
 def _matmul_parameters(model) -> int:
